@@ -1,0 +1,94 @@
+"""Shared defaults for every setting. Setting files override only what differs.
+
+Run any setting as
+  python -m jaxdistill.main --config=configs/hybrid.py --workdir=runs/hybrid --config.train.steps=100
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = "base"  # the setting's name, written to metrics.json
+  config.seed = 0
+
+  # --- data -----------------------------------------------------------------
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "demo"  # demo | dss | tfds | hf | jsonl
+  data.path = ""  # dss: release dir of one task (e.g. ../shared/data/dss/esnli); jsonl: dir of {train,dev,test}.jsonl
+  data.task = "demo"  # dss: esnli | cqa | svamp | anli
+  data.seed = 0
+  data.dev_size = 1000  # held out of the training split for model selection (never the test split)
+  data.max_train_examples = -1  # -1 = all
+  data.max_eval_examples = -1  # cap dev/test examples evaluated (-1 = all)
+  data.on_error = "raise"  # raise | skip (skipped records are counted and reported)
+  data.cache_dir = ""  # read rationales from an imported rationale cache instead of the raw files
+  data.max_source_len = 128
+  data.max_target_len = 64
+  data.packing = True
+  data.demo = ml_collections.ConfigDict()
+  data.demo.num_train = 4000
+  data.demo.num_dev = 300
+  data.demo.num_test = 300
+  data.demo.teacher_error_rate = 0.2
+  data.demo.rationales_per_example = 3
+
+  # --- objective --------------------------------------------------------------
+  config.objective = obj = ml_collections.ConfigDict()
+  obj.name = "baseline"  # baseline | human | cot | hybrid
+  obj.alpha = 0.5  # loss = alpha * label + (1 - alpha) * rationale
+  obj.label_source = "gold"  # gold | teacher (majority teacher answer)
+  obj.rationales = "all"  # which teacher rationales: all | first | correct
+  obj.human_weight = 1.0  # hybrid: relative weight of human explanations
+  obj.teacher_weight = 1.0  # hybrid: relative weight of teacher rationales
+  obj.mix = "both"  # both: every source per example, weighted | sample: one source per example per epoch
+
+  # --- model ------------------------------------------------------------------
+  config.model = model = ml_collections.ConfigDict()
+  model.preset = "t5-mini"  # t5-tiny | t5-mini | t5-small | t5-base
+  model.tokenizer = "bpe"  # bpe | wordpiece | byte (offline, trained on the data) or an HF name / local path
+  model.vocab_size = 1024  # for trained tokenizers
+  model.dtype = "float32"  # activation dtype: float32 | bfloat16
+  model.dropout_rate = 0.0
+
+  # --- training ---------------------------------------------------------------
+  config.train = train = ml_collections.ConfigDict()
+  train.steps = 1500
+  train.batch_size = 64  # global batch (rows after packing)
+  train.optimizer = "adamw"  # adamw | adafactor
+  train.learning_rate = 3e-3
+  train.warmup_steps = 100
+  train.decay = "cosine"  # cosine | linear | constant
+  train.weight_decay = 0.01
+  train.grad_clip_norm = 1.0
+  train.grad_accum_steps = 1
+  train.log_every = 50
+  train.checkpoint_every = 250
+  train.keep_checkpoints = 2
+  train.async_checkpointing = True
+
+  # --- evaluation -------------------------------------------------------------
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.every = 250  # dev evaluation period (steps); the best dev checkpoint is kept in WORKDIR/best
+  ev.batch_size = 128
+  ev.max_label_len = 8  # decoding budget for the label
+  ev.rationale_perplexity = True
+
+  # --- parallelism --------------------------------------------------------------
+  # Mesh axis sizes; -1 means "all remaining devices". The product must equal the device count.
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1
+  mesh.fsdp = 1
+  mesh.tensor = 1
+  # Logical axis name -> mesh axes. Parameters and activations are annotated with logical names.
+  config.logical_axis_rules = [
+      ("batch", ("data", "fsdp")),
+      ("vocab", "tensor"),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("kv", None),
+      ("relpos_buckets", None),
+      ("length", None),
+  ]
+  return config

@@ -1,0 +1,100 @@
+"""Orbax checkpointing: the train state and the data iterator, saved together.
+
+`WORKDIR/checkpoints` holds the latest K steps (async saves, restore-on-start); `WORKDIR/best`
+holds the best-on-dev parameters. Saving the Grain iterator with the model means a resumed
+run sees exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+def make_manager(directory: str, *, every: int, keep: int, async_save: bool) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=every,
+      max_to_keep=keep,
+      create=True,
+      enable_async_checkpointing=async_save,
+  )
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, meta: dict,
+         *, force: bool = False) -> bool:
+  """Saves (state, iterator, meta) when `step` is due (or `force`); returns whether it saved."""
+  args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(data_iter),
+      meta=ocp.args.JsonSave(meta),
+  )
+  return manager.save(step, args=args, force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_iter: Any):
+  """Restores the newest finished checkpoint into `data_iter` (in place) and returns
+  (step, state, meta), or None when there is nothing to resume from."""
+  step = manager.latest_step()
+  if step is None:
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state),
+      data=grain.checkpoint.CheckpointRestore(data_iter),
+      meta=ocp.args.JsonRestore(),
+  ))
+  logging.info("Resumed from step %d in %s", step, manager.directory)
+  return step, restored["state"], dict(restored["meta"])
+
+
+def save_params(directory: str, params: Any, meta: dict) -> None:
+  """Writes a standalone parameter checkpoint (used for the best-on-dev model)."""
+  manager = make_manager(directory, every=1, keep=1, async_save=False)
+  step = int(meta["step"])
+  manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                             meta=ocp.args.JsonSave(meta)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+
+
+def restore_params(directory: str, abstract_params: Any):
+  """Returns (params, meta) of the checkpoint in `directory`, or None if there is none."""
+  if not os.path.isdir(directory):
+    return None
+  manager = make_manager(directory, every=1, keep=1, async_save=False)
+  step = manager.latest_step()
+  if step is None:
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+  manager.close()
+  return restored["params"], dict(restored["meta"])
+
+
+class PreemptionFlag:
+  """Turns SIGTERM into a flag the loop polls, so it can save and exit between steps."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and exiting.")
+    self.requested = True
+
+  def should_stop(self) -> bool:
+    """True on every host once any host was asked to stop (hosts must stop at the same step)."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(multihost_utils.process_allgather(jax.numpy.asarray(self.requested)).any())
+
+  def restore_handler(self):
+    signal.signal(signal.SIGTERM, self._previous)

@@ -1,0 +1,96 @@
+"""Evaluation: label accuracy from greedy decoding, rationale perplexity from teacher forcing.
+
+Every host holds the whole (small) eval split, builds the same padded batches and places its
+part of each global batch; results are gathered back, so single- and multi-host runs agree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from jaxdistill import partitioning
+from jaxdistill.data import formats, pipeline
+from jaxdistill.models import decode
+from jaxdistill.objectives import losses
+
+
+def _to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """Places a batch that every host holds in full as one array sharded over the batch axes."""
+  sharding = partitioning.batch_sharding(mesh)
+  return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx]) for k, v in batch.items()}
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+@nnx.jit
+def _rationale_nll(model, batch):
+  """Sum of rationale-token negative log-likelihood and the token count of one batch."""
+  logits = model(batch)["logits"]
+  xent = losses.token_cross_entropy(logits, batch["decoder_target_ids"])
+  weights = (batch["decoder_loss_weights"] > 0) * (batch["decoder_task_ids"] == formats.RATIONALE)
+  return (xent * weights).sum(), weights.sum()
+
+
+class Evaluator:
+  """Holds the prepared dev/test batches; `evaluate(model, split)` returns a metrics dict."""
+
+  def __init__(self, config, dataset, tokenizer, mesh):
+    self.tokenizer, self.mesh = tokenizer, mesh
+    self.max_label_len = int(config.eval.max_label_len)
+    self.perplexity = bool(config.eval.rationale_perplexity)
+    batch_size = int(config.eval.batch_size)
+    limit = int(config.data.max_eval_examples)
+    self.examples, self.label_batches, self.rationale_batches = {}, {}, {}
+    for split in ("dev", "test"):
+      examples = list(dataset.splits.get(split, []))
+      if limit >= 0:
+        examples = examples[:limit]
+      self.examples[split] = examples
+      label_records = [formats.Seq2SeqRecord(formats.label_prompt(ex), ex.label, formats.LABEL, 1.0, ex.id)
+                       for ex in examples]
+      self.label_batches[split] = pipeline.make_eval_batches(
+          label_records, tokenizer, batch_size, config.data.max_source_len, self.max_label_len)
+      rng = np.random.default_rng(config.data.seed)
+      rationale_records = [
+          r for ex in examples
+          for r in formats.records_for_example(ex, dataset.rationales.get(ex.id, []), config.objective,
+                                               dataset.labels, rng)
+          if r.task_id == formats.RATIONALE]
+      self.rationale_batches[split] = pipeline.make_eval_batches(
+          rationale_records, tokenizer, batch_size, config.data.max_source_len,
+          config.data.max_target_len) if rationale_records and self.perplexity else []
+
+  def predict_labels(self, model, split: str) -> list[str]:
+    predictions: list[str] = [""] * len(self.examples[split])
+    for batch, indices in self.label_batches[split]:
+      glob = _to_global({k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}, self.mesh)
+      ids = _to_host(decode.greedy_decode(model, glob["encoder_input_ids"], glob["encoder_segment_ids"],
+                                          max_len=self.max_label_len, eos_id=self.tokenizer.eos_id))
+      for row, index in enumerate(indices):
+        if index >= 0:
+          predictions[index] = self.tokenizer.decode(ids[row].tolist()).strip()
+    return predictions
+
+  def evaluate(self, model, split: str) -> dict[str, Any]:
+    examples = self.examples[split]
+    predictions = self.predict_labels(model, split)
+    correct = sum(p == ex.label for p, ex in zip(predictions, examples))
+    metrics: dict[str, Any] = {"accuracy": correct / max(len(examples), 1), "examples": len(examples)}
+    if self.rationale_batches[split]:
+      nll, count = 0.0, 0.0
+      for batch, _ in self.rationale_batches[split]:
+        batch_nll, batch_count = _rationale_nll(model, _to_global(batch, self.mesh))
+        nll, count = nll + float(batch_nll), count + float(batch_count)
+      metrics["rationale_perplexity"] = math.exp(nll / max(count, 1.0))
+    return metrics

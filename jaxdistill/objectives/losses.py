@@ -1,0 +1,77 @@
+"""Loss terms and objectives (DESIGN §4).
+
+A loss term is a pure function `(model_outputs, batch) -> (scalar, metrics)`. An objective is a
+weighted list of terms; the Distilling Step-by-Step multi-task loss is
+`alpha * label_xent + (1 - alpha) * rationale_xent`, where each term averages the token
+cross-entropy over the target tokens of its own task (so the two tasks are balanced however
+many tokens each has).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxdistill.data.formats import LABEL, RATIONALE
+
+Outputs = Mapping[str, jax.Array]
+Batch = Mapping[str, jax.Array]
+LossTerm = Callable[[Outputs, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-token cross-entropy in float32, [B, L]."""
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  return log_z - target_logit
+
+
+def _task_xent(task_id: int, name: str) -> LossTerm:
+  def term(outputs: Outputs, batch: Batch):
+    weights = batch["decoder_loss_weights"] * (batch["decoder_task_ids"] == task_id)
+    xent = token_cross_entropy(outputs["logits"], batch["decoder_target_ids"])
+    denom = jnp.maximum(weights.sum(), 1e-8)
+    loss = (xent * weights).sum() / denom
+    return loss, {f"{name}_loss": loss, f"{name}_tokens": weights.sum()}
+  term.__name__ = name
+  return term
+
+
+label_xent = _task_xent(LABEL, "label")
+rationale_xent = _task_xent(RATIONALE, "rationale")
+
+TERMS: dict[str, LossTerm] = {"label_xent": label_xent, "rationale_xent": rationale_xent}
+
+
+class WeightedTerm(NamedTuple):
+  name: str
+  weight: float
+  fn: LossTerm
+
+
+def objective_terms(objective) -> list[WeightedTerm]:
+  """The weighted loss terms of a setting (config.objective)."""
+  if objective.name == "baseline":
+    return [WeightedTerm("label_xent", 1.0, label_xent)]
+  if objective.name in ("human", "cot", "hybrid"):
+    alpha = float(objective.alpha)
+    if not 0.0 <= alpha <= 1.0:
+      raise ValueError(f"config.objective.alpha must be in [0, 1], got {alpha}")
+    return [WeightedTerm("label_xent", alpha, label_xent),
+            WeightedTerm("rationale_xent", 1.0 - alpha, rationale_xent)]
+  raise ValueError(f"config.objective.name: unknown objective {objective.name!r} "
+                   "(expected baseline | human | cot | hybrid)")
+
+
+def total_loss(terms: list[WeightedTerm], outputs: Outputs, batch: Batch):
+  loss = jnp.zeros((), jnp.float32)
+  metrics: dict[str, jax.Array] = {}
+  for term in terms:
+    value, term_metrics = term.fn(outputs, batch)
+    loss = loss + term.weight * value
+    metrics.update(term_metrics)
+  metrics["loss"] = loss
+  return loss, metrics

@@ -1,0 +1,300 @@
+"""The training loop: data -> sharded student -> loss terms -> optax, with Orbax, CLU and eval.
+
+`run(config, workdir)` is the whole job. It is resumable: killed at any moment and started
+again with the same command, it continues from the newest checkpoint (model, optimizer and
+data-iterator state) and ends with the same parameters an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import nnx
+
+from jaxdistill import checkpoint, evaluate, partitioning
+from jaxdistill.data import formats, pipeline, sources
+from jaxdistill.data import tokenizer as tokenizer_lib
+from jaxdistill.models import t5
+from jaxdistill.objectives import losses
+
+
+# --------------------------------------------------------------------------- optimizer
+
+def make_schedule(train: ml_collections.ConfigDict) -> optax.Schedule:
+  warmup = max(int(train.warmup_steps), 0)
+  decay_steps = max(int(train.steps) - warmup, 1)
+  peak = float(train.learning_rate)
+  if train.decay == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=0.1)
+  elif train.decay == "linear":
+    decay = optax.linear_schedule(peak, 0.1 * peak, decay_steps)
+  elif train.decay == "constant":
+    decay = optax.constant_schedule(peak)
+  else:
+    raise ValueError(f"config.train.decay: unknown schedule {train.decay!r} (cosine | linear | constant)")
+  if warmup == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def make_optimizer(train: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  schedule = make_schedule(train)
+  if train.optimizer == "adamw":
+    opt = optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=float(train.weight_decay))
+  elif train.optimizer == "adafactor":
+    opt = optax.adafactor(schedule, weight_decay_rate=float(train.weight_decay) or None)
+  else:
+    raise ValueError(f"config.train.optimizer: unknown optimizer {train.optimizer!r} (adamw | adafactor)")
+  chain = [optax.clip_by_global_norm(float(train.grad_clip_norm))] if train.grad_clip_norm > 0 else []
+  tx = optax.chain(*chain, opt)
+  if int(train.grad_accum_steps) > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=int(train.grad_accum_steps))
+  return tx
+
+
+# --------------------------------------------------------------------------- model + state
+
+@dataclasses.dataclass
+class Student:
+  """The sharded student: graph definition, state shardings and jitted functions."""
+  graphdef: Any
+  shardings: Any  # NamedShardings of the (model, optimizer) state
+  model_config: Any
+
+  def model(self, state) -> nnx.Module:
+    return nnx.merge(self.graphdef, state)[0]
+
+  def params(self, state):
+    return nnx.state(self.model(state))
+
+
+def build_student(config, vocab_size: int, mesh) -> tuple[Student, Any]:
+  """Creates the student and its optimizer directly into their shardings; returns (student, state)."""
+  model_config = t5.get_config(
+      config.model.preset, vocab_size=vocab_size, dtype=jnp.dtype(config.model.dtype),
+      dropout_rate=float(config.model.dropout_rate))
+  tx = make_optimizer(config.train)
+
+  def create():
+    # Eager sharding needs a mesh at construction; we place arrays through jit's out_shardings instead.
+    with nnx.use_eager_sharding(False):
+      model = t5.T5(model_config, rngs=nnx.Rngs(params=config.seed))
+      return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  abstract_model, abstract_opt = nnx.eval_shape(create)
+  graphdef, abstract_state = nnx.split((abstract_model, abstract_opt))
+  shardings = partitioning.state_shardings(abstract_state, mesh, config.logical_axis_rules)
+  state = jax.jit(lambda: nnx.state(create()), out_shardings=shardings)()
+  return Student(graphdef, shardings, model_config), state
+
+
+def make_train_step(student: Student, config, mesh):
+  terms = losses.objective_terms(config.objective)
+  schedule = make_schedule(config.train)
+  base_key = jax.random.key(config.seed)
+
+  def train_step(state, batch):
+    model, optimizer = nnx.merge(student.graphdef, state)
+    step = optimizer.step.value
+    rngs = nnx.Rngs(dropout=jax.random.fold_in(base_key, step)) if config.model.dropout_rate > 0 else None
+
+    def loss_fn(model):
+      outputs = model(batch, rngs=rngs)
+      return losses.total_loss(terms, outputs, batch)
+
+    (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["learning_rate"] = schedule(step)
+    return nnx.state((model, optimizer)), metrics
+
+  batch_sharding = partitioning.batch_sharding(mesh)
+  return jax.jit(train_step, in_shardings=(student.shardings, batch_sharding),
+                 out_shardings=(student.shardings, partitioning.replicated(mesh)), donate_argnums=0)
+
+
+# --------------------------------------------------------------------------- data
+
+def _corpus(dataset: sources.Dataset, rationales_by_id) -> list[str]:
+  """Texts a trained tokenizer learns from: training inputs, labels and rationales."""
+  texts = []
+  for ex in dataset.splits["train"]:
+    texts.append(formats.label_prompt(ex))
+    texts.append(ex.label)
+    texts.extend(ex.human_explanations)
+    texts.extend(r.rationale for r in rationales_by_id.get(ex.id, ()))
+  return texts
+
+
+class EpochRecords:
+  """Seq2seq records of the training split for one epoch (sampled mixes resample per epoch)."""
+
+  def __init__(self, dataset: sources.Dataset, objective, seed: int):
+    self.dataset, self.objective, self.seed = dataset, objective, seed
+
+  def __call__(self, epoch: int) -> list[formats.Seq2SeqRecord]:
+    rng = np.random.default_rng([self.seed, epoch])
+    records = []
+    for ex in self.dataset.splits["train"]:
+      records.extend(formats.records_for_example(
+          ex, self.dataset.rationales.get(ex.id, []), self.objective, self.dataset.labels, rng))
+    return records
+
+
+# --------------------------------------------------------------------------- the job
+
+def _write_metrics_json(workdir: str, metrics: dict) -> None:
+  path = os.path.join(workdir, "metrics.json")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(metrics, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _fingerprint(params) -> str:
+  """A digest of this host's copy of the parameters (equal on all hosts when replicated)."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    digest.update(np.asarray(leaf.addressable_shards[0].data).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
+
+  mesh = partitioning.make_mesh(config.mesh)
+  logging.info("mesh: %s", partitioning.describe(mesh))
+  print(f"mesh: {partitioning.describe(mesh)}", flush=True)
+
+  dataset = sources.load_dataset(config.data)
+  for reason, count in sorted(dataset.skipped.items()):
+    logging.warning("skipped %d bad records: %s", count, reason)
+  logging.info("data: %s", {k: len(v) for k, v in dataset.splits.items()})
+
+  tokenizer = tokenizer_lib.load_tokenizer(
+      config.model.tokenizer, texts=_corpus(dataset, dataset.rationales),
+      save_dir=os.path.join(workdir, "tokenizer") if is_chief else None,
+      vocab_size=int(config.model.vocab_size))
+
+  student, state = build_student(config, tokenizer.vocab_size, mesh)
+  n_params = sum(x.size for x in jax.tree.leaves(student.params(state)))
+  logging.info("student %s: %.2fM parameters", config.model.preset, n_params / 1e6)
+
+  process_count = jax.process_count()
+  logging.info("host %d of %d: %d training examples in the full split, this host reads every %d-th record",
+               jax.process_index(), process_count, len(dataset.splits["train"]), process_count)
+  if config.train.batch_size % process_count:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
+                     f"{process_count} hosts")
+  train_iter = pipeline.make_train_iterator(
+      EpochRecords(dataset, config.objective, config.data.seed), tokenizer,
+      per_host_batch_size=config.train.batch_size // process_count,
+      max_source_len=config.data.max_source_len, max_target_len=config.data.max_target_len,
+      packing=config.data.packing, seed=config.data.seed,
+      process_index=jax.process_index(), process_count=process_count)
+
+  manager = checkpoint.make_manager(
+      os.path.join(workdir, "checkpoints"), every=config.train.checkpoint_every,
+      keep=config.train.keep_checkpoints, async_save=config.train.async_checkpointing)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, student.shardings)
+  meta = {"best_dev_accuracy": -1.0, "best_step": -1}
+  restored = checkpoint.restore_latest(manager, abstract_state, train_iter)
+  start_step = 0
+  if restored is not None:
+    start_step, state, meta = restored
+
+  evaluator = evaluate.Evaluator(config, dataset, tokenizer, mesh)
+  train_step = make_train_step(student, config, mesh)
+  preemption = checkpoint.PreemptionFlag()
+  report = periodic_actions.ReportProgress(num_train_steps=config.train.steps, writer=writer)
+  hooks = [report] if is_chief else []
+
+  def evaluate_dev(step: int) -> None:
+    dev = evaluator.evaluate(student.model(state), "dev")
+    writer.write_scalars(step, {f"dev/{k}": v for k, v in dev.items()})
+    logging.info("step %d dev: %s", step, dev)
+    if dev["accuracy"] > meta["best_dev_accuracy"]:
+      meta.update(best_dev_accuracy=dev["accuracy"], best_step=step,
+                  best_dev_rationale_perplexity=dev.get("rationale_perplexity"))
+      checkpoint.save_params(os.path.join(workdir, "best"), student.params(state), dict(meta, step=step))
+
+  step = start_step
+  train_metrics = []
+  stopped_early = False
+  while step < config.train.steps:
+    batch = partitioning.global_batch(next(train_iter), mesh)
+    state, metrics = train_step(state, batch)
+    step += 1
+    train_metrics.append(metrics)
+    for hook in hooks:
+      hook(step)
+    if step % config.train.log_every == 0 or step == config.train.steps:
+      summary = jax.tree.map(lambda *xs: float(np.mean(jax.device_get(xs))), *train_metrics)
+      writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+      train_metrics = []
+    if step % config.eval.every == 0 or step == config.train.steps:
+      evaluate_dev(step)
+    checkpoint.save(manager, step, state, train_iter, meta, force=step == config.train.steps)
+    poll = process_count == 1 or step % config.train.checkpoint_every == 0
+    if poll and preemption.should_stop() and step < config.train.steps:
+      checkpoint.save(manager, step, state, train_iter, meta, force=True)
+      stopped_early = True
+      break
+  manager.wait_until_finished()
+  manager.close()
+  preemption.restore_handler()
+  if stopped_early:
+    writer.flush()
+    logging.warning("Stopped at step %d on SIGTERM; run the same command to resume.", step)
+    return {"steps": step, "preempted": True}
+
+  logging.info("parameter fingerprint (process %d): %s", jax.process_index(), _fingerprint(student.params(state)))
+  if meta["best_step"] < 0:  # resumed after the final save but before the final eval: redo it
+    evaluate_dev(step)
+  best_params, _ = checkpoint.restore_params(
+      os.path.join(workdir, "best"),
+      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                   student.params(state)))
+  best_model = student.model(state)
+  nnx.update(best_model, best_params)
+  test = evaluator.evaluate(best_model, "test")  # exactly once, on the best-on-dev model
+  writer.write_scalars(step, {f"test/{k}": v for k, v in test.items()})
+  writer.flush()
+
+  result = {
+      "setting": config.name,
+      "objective": config.objective.name,
+      "steps": step,
+      "best_step": meta["best_step"],
+      "dev_accuracy": meta["best_dev_accuracy"],
+      "dev_rationale_perplexity": meta.get("best_dev_rationale_perplexity"),
+      "test_accuracy": test["accuracy"],
+      "test_rationale_perplexity": test.get("rationale_perplexity"),
+      "data": {"source": config.data.source, "task": dataset.task,
+               **{f"{k}_examples": len(v) for k, v in dataset.splits.items()},
+               "skipped": dict(dataset.skipped)},
+      "model": {"preset": config.model.preset, "parameters": int(n_params)},
+      "mesh": dict(mesh.shape),
+  }
+  if is_chief:
+    _write_metrics_json(workdir, result)
+  print(f"{config.name}: dev_accuracy={result['dev_accuracy']:.4f} "
+        f"test_accuracy={result['test_accuracy']:.4f} (steps={step}, workdir={workdir})", flush=True)
+  return result
+
+
