@@ -23,8 +23,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.max_eval_examples = -1  # cap dev/test examples evaluated (-1 = all)
   data.on_error = "raise"  # raise | skip (skipped records are counted and reported)
   data.cache_dir = ""  # read rationales from an imported rationale cache instead of the raw files
-  data.max_source_len = 128
-  data.max_target_len = 64
+  data.max_source_len = 64
+  data.max_target_len = 32
   data.packing = True
   data.demo = ml_collections.ConfigDict()
   data.demo.num_train = 4000
@@ -53,23 +53,23 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- training ---------------------------------------------------------------
   config.train = train = ml_collections.ConfigDict()
-  train.steps = 1500
+  train.steps = 600
   train.batch_size = 64  # global batch (rows after packing)
   train.optimizer = "adamw"  # adamw | adafactor
   train.learning_rate = 3e-3
-  train.warmup_steps = 100
+  train.warmup_steps = 50
   train.decay = "cosine"  # cosine | linear | constant
   train.weight_decay = 0.01
   train.grad_clip_norm = 1.0
   train.grad_accum_steps = 1
   train.log_every = 50
-  train.checkpoint_every = 250
+  train.checkpoint_every = 100
   train.keep_checkpoints = 2
   train.async_checkpointing = True
 
   # --- evaluation -------------------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()
-  ev.every = 250  # dev evaluation period (steps); the best dev checkpoint is kept in WORKDIR/best
+  ev.every = 100  # dev evaluation period (steps); the best dev checkpoint is kept in WORKDIR/best
   ev.batch_size = 128
   ev.max_label_len = 8  # decoding budget for the label
   ev.rationale_perplexity = True

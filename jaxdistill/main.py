@@ -5,6 +5,7 @@ Thin on purpose: flags, distributed/platform set-up, then `train.run`.
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 
 from absl import app, flags, logging
@@ -17,9 +18,18 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops the INFO chatter of Orbax and Grain (every save logs dozens of lines); keeps warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
+    return record.levelno >= std_logging.WARNING or not noisy
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   # TensorFlow (imported by CLU/tfds) must never grab an accelerator from JAX.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")

@@ -124,34 +124,6 @@ def make_train_step(student: Student, config, mesh):
                  out_shardings=(student.shardings, partitioning.replicated(mesh)), donate_argnums=0)
 
 
-# --------------------------------------------------------------------------- data
-
-def _corpus(dataset: sources.Dataset, rationales_by_id) -> list[str]:
-  """Texts a trained tokenizer learns from: training inputs, labels and rationales."""
-  texts = []
-  for ex in dataset.splits["train"]:
-    texts.append(formats.label_prompt(ex))
-    texts.append(ex.label)
-    texts.extend(ex.human_explanations)
-    texts.extend(r.rationale for r in rationales_by_id.get(ex.id, ()))
-  return texts
-
-
-class EpochRecords:
-  """Seq2seq records of the training split for one epoch (sampled mixes resample per epoch)."""
-
-  def __init__(self, dataset: sources.Dataset, objective, seed: int):
-    self.dataset, self.objective, self.seed = dataset, objective, seed
-
-  def __call__(self, epoch: int) -> list[formats.Seq2SeqRecord]:
-    rng = np.random.default_rng([self.seed, epoch])
-    records = []
-    for ex in self.dataset.splits["train"]:
-      records.extend(formats.records_for_example(
-          ex, self.dataset.rationales.get(ex.id, []), self.objective, self.dataset.labels, rng))
-    return records
-
-
 # --------------------------------------------------------------------------- the job
 
 def _write_metrics_json(workdir: str, metrics: dict) -> None:
@@ -186,7 +158,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("data: %s", {k: len(v) for k, v in dataset.splits.items()})
 
   tokenizer = tokenizer_lib.load_tokenizer(
-      config.model.tokenizer, texts=_corpus(dataset, dataset.rationales),
+      config.model.tokenizer, texts=formats.tokenizer_corpus(dataset.splits["train"], dataset.rationales, dataset.labels),
       save_dir=os.path.join(workdir, "tokenizer") if is_chief else None,
       vocab_size=int(config.model.vocab_size))
 
@@ -195,13 +167,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("student %s: %.2fM parameters", config.model.preset, n_params / 1e6)
 
   process_count = jax.process_count()
-  logging.info("host %d of %d: %d training examples in the full split, this host reads every %d-th record",
-               jax.process_index(), process_count, len(dataset.splits["train"]), process_count)
+  logging.info("host %d of %d: reads training records %d::%d of %d examples",
+               jax.process_index(), process_count, jax.process_index(), process_count,
+               len(dataset.splits["train"]))
   if config.train.batch_size % process_count:
     raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
                      f"{process_count} hosts")
   train_iter = pipeline.make_train_iterator(
-      EpochRecords(dataset, config.objective, config.data.seed), tokenizer,
+      formats.records_per_epoch(dataset.splits["train"], dataset.rationales, config.objective, dataset.labels,
+                                seed=config.data.seed), tokenizer,
       per_host_batch_size=config.train.batch_size // process_count,
       max_source_len=config.data.max_source_len, max_target_len=config.data.max_target_len,
       packing=config.data.packing, seed=config.data.seed,

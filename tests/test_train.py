@@ -123,3 +123,19 @@ def test_two_processes_train_to_identical_parameters(tmp_path):
   assert values[0] == values[1]
   assert "host 0 of 2" in outputs[0][1] and "host 1 of 2" in outputs[1][1]
   assert "mesh: data=2 x fsdp=1 x tensor=1 (2 devices)" in outputs[0][0]
+
+
+def test_trains_on_real_esnli_release(tmp_path):
+  """The DSS e-SNLI release: train on part of dev, select on the rest, test on test."""
+  data = os.path.join(os.path.dirname(tu.REPO), "shared", "data", "dss", "esnli")
+  assert os.path.isdir(data), f"real data expected at {data}"
+  workdir = str(tmp_path / "esnli")
+  proc = tu.run_main(workdir, data__source="dss", data__task="esnli", data__path=data,
+                     data__dev_size=200, data__max_train_examples=96, data__max_eval_examples=48,
+                     train__steps=6, train__checkpoint_every=3, eval__every=6)
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  assert metrics["data"]["task"] == "esnli"
+  assert metrics["data"]["train_examples"] == 96
+  assert metrics["data"]["dev_examples"] == 200 and metrics["data"]["test_examples"] == 9824
+  assert metrics["dev_rationale_perplexity"] > 1.0
+  assert "test_accuracy=" in proc.stdout.strip().splitlines()[-1]

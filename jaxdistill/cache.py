@@ -1,0 +1,113 @@
+"""`python -m jaxdistill.cache COMMAND [flags]`: build and inspect rationale caches.
+
+Commands (the first positional argument):
+
+    import-dss  --task={esnli,cqa,svamp,anli} --src=DIR --split={all,train,valid,test} --out=CACHE_DIR
+                [--on_error=raise|skip]
+                Imports a Distilling Step-by-Step release split (records + PaLM CoT) into a cache.
+                Resumable: re-running adds nothing that is already there.
+    info        --out=CACHE_DIR   prints the manifest summary.
+
+New commands (`embed`, `generate`, ...) register a function in COMMANDS.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+from typing import Callable, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from jaxdistill.data.cache import RationaleCache
+from jaxdistill.data.sources import dss
+
+_TASK = flags.DEFINE_enum("task", None, list(dss.TASKS), "import-dss: which DSS task.")
+_SRC = flags.DEFINE_string("src", None, "import-dss: the DSS release root (holding esnli/, cqa/, ...) "
+                           "or one task's directory.")
+_SPLIT = flags.DEFINE_string("split", "all", "import-dss: a released split name (train/valid/test) or 'all'.")
+_OUT = flags.DEFINE_string("out", None, "The rationale cache directory (created if missing).")
+_ON_ERROR = flags.DEFINE_enum("on_error", "raise", ["raise", "skip"],
+                              "Bad records: raise a DataError, or skip them and report counts by reason.")
+
+
+def import_dss(task: str, src: str, split: str, out: str, on_error: str = "raise",
+               echo: Callable[[str], None] = print) -> list[dict]:
+  """Imports one or all splits; returns (and echoes) one summary dict per split."""
+  splits = dss.available_splits(src, task) if split == "all" else [split]
+  if not splits:
+    raise FileNotFoundError(f"{src}: no {task} splits found")
+  cache = RationaleCache.create(out)
+  summaries = []
+  for s in splits:
+    examples, rationales, skipped = dss.read_split(src, task, s, on_error=on_error)
+    new_examples = cache.write_examples(examples)
+    new_rationales = cache.write_rationales(rationales)
+    stats = dss.split_stats(examples, rationales)
+    tdir = dss.task_dir(src, task)
+    info = {
+        "task": task, "split": s, "src": os.path.abspath(tdir),
+        "files": [os.path.basename(dss.split_files(tdir)[s])]
+                 + [os.path.join("llm", os.path.basename(f)) for f in dss.cot_files(tdir, s)],
+        "teacher": dss.TEACHER, "prompt_id": dss.PROMPT_ID,
+        "examples": len(examples), "new_examples": new_examples,
+        "rationales": len(rationales), "new_rationales": new_rationales,
+        "correct": stats.correct, "unparsed": stats.unparsed,
+        "teacher_accuracy": None if math.isnan(stats.accuracy) else round(stats.accuracy, 6),
+        "mean_rationale_words": None if math.isnan(stats.mean_words) else round(stats.mean_words, 4),
+        "skipped": skipped, "on_error": on_error,
+        "imported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    _record_import(cache, info)
+    summaries.append(info)
+    skipped_text = ", ".join(f"{k}={v}" for k, v in skipped.items()) or "none"
+    echo(f"{task}/{s}: examples {len(examples)} ({new_examples} new), rationales {len(rationales)} "
+         f"({new_rationales} new), unparsed {stats.unparsed}, skipped: {skipped_text}")
+    echo(f"mean rationale words: {stats.mean_words:.2f}")
+    echo(f"teacher accuracy: {stats.accuracy:.4f} ({stats.correct}/{stats.rationales})")
+  counts = cache.manifest.get("counts", {})
+  echo(f"cache {cache.path}: {counts.get('examples', 0)} examples, {counts.get('rationales', 0)} rationales")
+  return summaries
+
+
+def _record_import(cache: RationaleCache, info: dict) -> None:
+  """Keeps provenance per task/split in manifest["source"]["imports"] (read back by dss.load)."""
+  cache.update_source({"kind": "dss", "imports": {info["task"]: {info["split"]: info}}})
+
+
+def cmd_import_dss(argv: Sequence[str]) -> None:
+  del argv
+  missing = [name for name, f in (("task", _TASK), ("src", _SRC), ("out", _OUT)) if not f.value]
+  if missing:
+    raise app.UsageError(f"import-dss needs --{', --'.join(missing)}")
+  import_dss(_TASK.value, _SRC.value, _SPLIT.value, _OUT.value, _ON_ERROR.value)
+
+
+def cmd_info(argv: Sequence[str]) -> None:
+  del argv
+  if not _OUT.value:
+    raise app.UsageError("info needs --out=CACHE_DIR")
+  print(json.dumps(RationaleCache.open(_OUT.value).summary(), indent=2))
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
+    "import-dss": cmd_import_dss,
+    "info": cmd_info,
+}
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: python -m jaxdistill.cache {{{','.join(COMMANDS)}}} [flags]")
+  if len(argv) > 2:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[2:])}")
+  logging.set_verbosity(logging.WARNING)
+  COMMANDS[argv[1]](argv[2:])
+
+
+if __name__ == "__main__":
+  app.run(main)

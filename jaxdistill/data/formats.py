@@ -1,0 +1,211 @@
+"""Objective view: which (source, target) sequences an example yields (DESIGN §2).
+
+Distilling Step-by-Step multi-task format: the same input text twice, with a task
+prefix, once predicting the label ("[label] ...") and once the rationale
+("[rationale] ..."). Settings differ only in which rationales become records:
+
+  baseline  label record only
+  human     label + human explanations
+  cot       label + teacher rationales (objective.rationales: all | first | correct)
+  hybrid    label + human explanations + teacher rationales, weighted by
+            objective.human_weight / objective.teacher_weight
+
+objective.mix: "both" keeps every selected rationale, each weighted so that an
+example's rationale weights sum to 1 (an example with three rationales counts as
+much as one with one); "sample" keeps exactly one rationale per example per epoch
+(hybrid: the source is drawn with probability proportional to its weight, then one
+rationale of that source uniformly), so the records change per epoch: use
+`epoch_records` / `records_per_epoch` with the pipeline's callable form.
+
+The label/rationale balance (alpha) is applied in the loss, never here: `weight` is
+only the within-task multiplier of a record's target tokens.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import random
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from jaxdistill.data.examples import Example, Rationale
+
+LABEL = 0
+RATIONALE = 1
+TASK_PREFIX = {LABEL: "[label] ", RATIONALE: "[rationale] "}
+OBJECTIVES = ("baseline", "human", "cot", "hybrid")
+TEACHER_SELECTIONS = ("all", "first", "correct")
+MIXES = ("both", "sample")
+LABEL_SOURCES = ("gold", "teacher")
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqRecord:
+  source: str  # e.g. "[label] story: ... question: ..."
+  target: str  # the label, or a rationale text
+  task_id: int  # LABEL=0, RATIONALE=1
+  weight: float  # loss weight multiplier of this record's target tokens
+  example_id: str
+
+
+def input_text(ex: Example) -> str:
+  """The example's fields in their given order: "premise: ... hypothesis: ..."."""
+  return " ".join(f"{k}: {v}" for k, v in ex.inputs.items())
+
+
+def label_prompt(ex: Example) -> str:
+  """Source text that decodes the label (training and evaluation)."""
+  return TASK_PREFIX[LABEL] + input_text(ex)
+
+
+def rationale_prompt(ex: Example) -> str:
+  """Source text that decodes a rationale."""
+  return TASK_PREFIX[RATIONALE] + input_text(ex)
+
+
+def _get(cfg: Any, name: str, default: Any) -> Any:
+  if cfg is None:
+    return default
+  if isinstance(cfg, Mapping):
+    return cfg.get(name, default)
+  try:
+    return getattr(cfg, name)
+  except (AttributeError, KeyError):
+    return default
+
+
+def teacher_label(ex: Example, rationales: Sequence[Rationale], labels: Sequence[str] | None) -> str:
+  """Majority teacher answer (ties: the answer seen first; answers outside `labels` are
+  parse failures and ignored); the gold label when no teacher answered."""
+  answers = [r.teacher_answer for r in rationales if r.teacher_answer]
+  if labels is not None:
+    answers = [a for a in answers if a in labels]
+  if not answers:
+    return ex.label
+  return collections.Counter(answers).most_common(1)[0][0]
+
+
+def select_teacher(rationales: Sequence[Rationale], selection: str) -> list[Rationale]:
+  """objective.rationales: all | first (lowest (teacher, prompt_id, sample_index)) | correct."""
+  if selection == "all":
+    return list(rationales)
+  if selection == "first":
+    return sorted(rationales, key=lambda r: (r.teacher, r.prompt_id, r.sample_index))[:1]
+  if selection == "correct":
+    return [r for r in rationales if r.teacher_correct]
+  raise ValueError(f"config.objective.rationales={selection!r}: expected one of {TEACHER_SELECTIONS}")
+
+
+def _randint(rng: Any, n: int) -> int:
+  if isinstance(rng, np.random.Generator):
+    return int(rng.integers(n))
+  if isinstance(rng, random.Random):
+    return rng.randrange(n)
+  raise TypeError(f"objective.mix='sample' needs an rng (np.random.Generator or random.Random), got {rng!r}")
+
+
+def _uniform(rng: Any) -> float:
+  if isinstance(rng, np.random.Generator):
+    return float(rng.random())
+  if isinstance(rng, random.Random):
+    return rng.random()
+  raise TypeError(f"objective.mix='sample' needs an rng (np.random.Generator or random.Random), got {rng!r}")
+
+
+def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_config: Any,
+                        labels: Sequence[str] | None, rng: Any = None) -> list[Seq2SeqRecord]:
+  """The records `ex` yields under `objective_config` (config.objective).
+
+  `rationales` are the example's teacher rationales; `rng` is only used when
+  objective.mix == "sample". Examples without any rationale of the needed kind just
+  get their label record.
+  """
+  name = _get(objective_config, "name", "baseline")
+  if name not in OBJECTIVES:
+    raise ValueError(f"config.objective.name={name!r}: expected one of {OBJECTIVES} for the seq2seq view")
+  mix = _get(objective_config, "mix", "both")
+  if mix not in MIXES:
+    raise ValueError(f"config.objective.mix={mix!r}: expected one of {MIXES}")
+  label_source = _get(objective_config, "label_source", "gold")
+  if label_source not in LABEL_SOURCES:
+    raise ValueError(f"config.objective.label_source={label_source!r}: expected one of {LABEL_SOURCES}")
+  rationales = list(rationales or ())
+
+  target = ex.label if label_source == "gold" else teacher_label(ex, rationales, labels)
+  out = [Seq2SeqRecord(label_prompt(ex), target, LABEL, 1.0, ex.id)]
+
+  # Sources of rationale text with their relative weights.
+  sources: list[tuple[list[str], float]] = []
+  if name in ("human", "hybrid"):
+    human = [h for h in ex.human_explanations if h and h.strip()]
+    w = float(_get(objective_config, "human_weight", 1.0)) if name == "hybrid" else 1.0
+    if human and w > 0:
+      sources.append((human, w))
+  if name in ("cot", "hybrid"):
+    teacher = [r.rationale for r in select_teacher(rationales, _get(objective_config, "rationales", "all"))
+               if r.rationale and r.rationale.strip()]
+    w = float(_get(objective_config, "teacher_weight", 1.0)) if name == "hybrid" else 1.0
+    if teacher and w > 0:
+      sources.append((teacher, w))
+  if not sources:
+    return out
+
+  prompt = rationale_prompt(ex)
+  total = sum(w for _, w in sources)
+  if mix == "both":
+    for texts, w in sources:
+      for t in texts:
+        out.append(Seq2SeqRecord(prompt, t, RATIONALE, w / total / len(texts), ex.id))
+    return out
+  # mix == "sample": one source (prob. proportional to weight), then one of its rationales.
+  u, acc, chosen = _uniform(rng) * total, 0.0, sources[-1][0]
+  for texts, w in sources:
+    acc += w
+    if u < acc:
+      chosen = texts
+      break
+  out.append(Seq2SeqRecord(prompt, chosen[_randint(rng, len(chosen))], RATIONALE, 1.0, ex.id))
+  return out
+
+
+def epoch_records(examples: Sequence[Example], rationales: Mapping[str, Sequence[Rationale]],
+                  objective_config: Any, labels: Sequence[str] | None, *, seed: int = 0,
+                  epoch: int = 0) -> list[Seq2SeqRecord]:
+  """All records of `examples` for one epoch (the rng depends only on seed and epoch)."""
+  rng = np.random.default_rng([int(seed), int(epoch)])
+  out: list[Seq2SeqRecord] = []
+  for ex in examples:
+    out.extend(records_for_example(ex, rationales.get(ex.id, ()), objective_config, labels, rng))
+  return out
+
+
+def resamples_per_epoch(objective_config: Any) -> bool:
+  """True when the records differ between epochs (mix="sample" with rationales in play)."""
+  return (_get(objective_config, "mix", "both") == "sample"
+          and _get(objective_config, "name", "baseline") != "baseline")
+
+
+def records_per_epoch(examples: Sequence[Example], rationales: Mapping[str, Sequence[Rationale]],
+                      objective_config: Any, labels: Sequence[str] | None, *, seed: int = 0
+                      ) -> Sequence[Seq2SeqRecord] | Callable[[int], list[Seq2SeqRecord]]:
+  """What the train pipeline takes: a fixed list, or `epoch -> records` when sampling.
+
+  Every epoch has the same number of records (one label record per example plus one
+  rationale record per example that has any), which the pipeline relies on.
+  """
+  if not resamples_per_epoch(objective_config):
+    return epoch_records(examples, rationales, objective_config, labels, seed=seed)
+  return lambda epoch: epoch_records(examples, rationales, objective_config, labels, seed=seed, epoch=epoch)
+
+
+def tokenizer_corpus(examples: Iterable[Example], rationales: Mapping[str, Sequence[Rationale]],
+                     labels: Sequence[str] | None = None) -> list[str]:
+  """Texts to train a tokenizer on: both prompts, labels, explanations, rationales (in a
+  fixed order, so the trained tokenizer is deterministic)."""
+  texts: list[str] = list(labels or ())
+  for ex in examples:
+    texts += [label_prompt(ex), rationale_prompt(ex), ex.label, *ex.human_explanations]
+    texts += [r.rationale for r in rationales.get(ex.id, ())]
+  return texts

@@ -1,0 +1,146 @@
+"""Data sources: each turns some on-disk or hub format into `Example`s (DESIGN §2).
+
+Every source module exposes `load(config_data) -> Dataset`; `load_dataset` picks one
+by `config_data.source`. The helpers here (error policy, dev split-off, grouping
+rationales) are shared so that every source follows the same rules for bad records
+and for carving a dev split out of training data.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import importlib
+import logging
+from typing import Any, Iterable, Mapping, Sequence
+
+from jaxdistill.data.examples import DataError, Example, Rationale
+
+SOURCES = {
+    "demo": "jaxdistill.data.sources.demo",
+    "dss": "jaxdistill.data.sources.dss",
+    "tfds": "jaxdistill.data.sources.tfds_esnli",
+    "hf": "jaxdistill.data.sources.hf_esnli",
+    "jsonl": "jaxdistill.data.sources.jsonl",
+}
+
+ON_ERROR = ("raise", "skip")
+
+
+@dataclasses.dataclass
+class Dataset:
+  task: str
+  splits: dict[str, list[Example]]  # keys "train", "dev", "test"
+  rationales: dict[str, list[Rationale]]  # example_id -> teacher rationales (may be empty)
+  labels: tuple[str, ...] | None  # label set for classification tasks
+  skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # bad records by reason
+
+
+def load_dataset(config_data) -> Dataset:
+  """Dispatches on `config_data.source`; modules are imported lazily (tfds/HF are heavy)."""
+  source = cfg_get(config_data, "source", "demo")
+  if source not in SOURCES:
+    raise ValueError(f"config.data.source={source!r}: unknown source (expected one of {sorted(SOURCES)})")
+  return importlib.import_module(SOURCES[source]).load(config_data)
+
+
+def cfg_get(config_data, name: str, default: Any = None) -> Any:
+  """Reads an optional field from a ConfigDict, a dict or any object (missing -> default)."""
+  if config_data is None:
+    return default
+  if isinstance(config_data, Mapping):
+    return config_data.get(name, default)
+  try:
+    return getattr(config_data, name)
+  except (AttributeError, KeyError):
+    return default
+
+
+def bad_record(reason: str, message: str) -> DataError:
+  """A DataError tagged with a short reason, the key used in `Dataset.skipped`."""
+  err = DataError(message)
+  err.reason = reason  # type: ignore[attr-defined]
+  return err
+
+
+class ErrorPolicy:
+  """Raises bad-record errors (on_error="raise") or counts them by reason ("skip").
+
+  Skipped records are logged and counted, never dropped silently.
+  """
+
+  def __init__(self, on_error: str = "raise"):
+    if on_error not in ON_ERROR:
+      raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
+    self.on_error = on_error
+    self.skipped: collections.Counter[str] = collections.Counter()
+
+  def handle(self, err: DataError, count: int = 1) -> None:
+    if self.on_error == "raise":
+      raise err
+    reason = getattr(err, "reason", "bad_record")
+    self.skipped[reason] += count
+    logging.warning("skipping bad record (%s): %s", reason, err)
+
+  def as_dict(self) -> dict[str, int]:
+    return dict(sorted(self.skipped.items()))
+
+
+def merge_skipped(*counts: Mapping[str, int]) -> dict[str, int]:
+  total: collections.Counter[str] = collections.Counter()
+  for c in counts:
+    total.update(c)
+  return dict(sorted(total.items()))
+
+
+def split_off_dev(examples: Sequence[Example], dev_size: int, where: str
+                  ) -> tuple[list[Example], list[Example]]:
+  """(all but the last dev_size, the last dev_size): the dev rule of INTERFACES.md."""
+  examples = list(examples)
+  if dev_size <= 0:
+    return examples, []
+  if dev_size >= len(examples):
+    raise ValueError(
+        f"{where}: dev_size={dev_size} leaves no training examples (only {len(examples)} records); "
+        f"set a smaller config.data.dev_size")
+  return examples[:-dev_size], examples[-dev_size:]
+
+
+def cap_train(examples: list[Example], max_train_examples: int) -> list[Example]:
+  if max_train_examples is not None and max_train_examples >= 0:
+    return examples[:max_train_examples]
+  return examples
+
+
+def group_rationales(rationales: Iterable[Rationale], keep_ids: Iterable[str] | None = None
+                     ) -> dict[str, list[Rationale]]:
+  """example_id -> rationales sorted by (teacher, prompt_id, sample_index)."""
+  keep = set(keep_ids) if keep_ids is not None else None
+  out: dict[str, list[Rationale]] = collections.defaultdict(list)
+  for r in rationales:
+    if keep is None or r.example_id in keep:
+      out[r.example_id].append(r)
+  for rs in out.values():
+    rs.sort(key=lambda r: (r.teacher, r.prompt_id, r.sample_index))
+  return dict(out)
+
+
+def cached_rationales(config_data, example_ids: Iterable[str]) -> dict[str, list[Rationale]] | None:
+  """Rationales for `example_ids` from config.data.cache_dir; None when no cache_dir is set."""
+  cache_dir = cfg_get(config_data, "cache_dir", "") or ""
+  if not cache_dir:
+    return None
+  from jaxdistill.data.cache import RationaleCache  # pylint: disable=g-import-not-at-top
+  ids = set(example_ids)
+  return group_rationales(RationaleCache.open(cache_dir).read_rationales(example_ids=ids), ids)
+
+
+def relabel_split(examples: Iterable[Example], split: str) -> list[Example]:
+  """Sets `Example.split` to the split the example is used in (train/dev/test)."""
+  return [ex if ex.split == split else dataclasses.replace(ex, split=split) for ex in examples]
+
+
+__all__ = [
+    "Dataset", "load_dataset", "cfg_get", "bad_record", "ErrorPolicy", "merge_skipped",
+    "split_off_dev", "cap_train", "group_rationales", "cached_rationales", "relabel_split", "SOURCES",
+]

@@ -1,0 +1,534 @@
+"""Reader of the Distilling Step-by-Step release (Hsieh et al., 2023): records + PaLM CoT.
+
+Layout (per task directory, e.g. ../shared/data/dss/esnli):
+
+    {prefix}_{split}.json           one JSON object per line (or a JSON list)
+    llm/{split}_CoT_{N}.json        a JSON list of raw PaLM completions per file; concatenated
+                                    in N order they align index by index with the records
+
+Splits as released: esnli valid/test (train if present), cqa train/test, svamp train/test,
+anli (same layout as esnli; the release names files like anli1_train.json) train/valid/test.
+
+A completion is the teacher's answer to the last few-shot exemplar and usually runs on
+into an invented next exemplar; we cut it at the first blank line, then split off the
+answer marker:
+
+    esnli/anli  "<rationale>\\nAnswer: <label>"
+    cqa         "<rationale> So the answer is (<letter>) <choice>."
+    svamp       "<rationale> The answer is (<equation>)."
+
+`teacher_answer` is always a member of the answer space (a label, one of the example's
+choices, an equation that evaluates) or "" when the completion can't be parsed; such
+rationales are kept (teacher_correct=False) and counted as `unparsed`, not as errors.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import glob
+import json
+import logging
+import math
+import operator
+import os
+import re
+from typing import Any, Mapping, Sequence
+
+from jaxdistill.data.examples import DataError, Example, LABEL_SETS, Rationale
+from jaxdistill.data.sources import (Dataset, ErrorPolicy, bad_record, cap_train, cfg_get,
+                                     group_rationales, merge_skipped, relabel_split, split_off_dev)
+
+TEACHER = "palm-540b"
+PROMPT_ID = "dss-cot"
+TASKS = ("esnli", "cqa", "svamp", "anli")
+NLI_TASKS = ("esnli", "anli")
+NLI_LABELS = ("entailment", "neutral", "contradiction")  # label ids 0, 1, 2
+CQA_LETTERS = "abcdefghij"
+SPLIT_ORDER = ("train", "valid", "test")
+SVAMP_TOLERANCE = 1e-4
+
+
+# --- arithmetic ---------------------------------------------------------------------------
+
+_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def safe_eval(expr: str) -> float:
+  """Evaluates numbers with + - * / and parentheses (never `eval`); ValueError otherwise."""
+  text = _THOUSANDS.sub("", expr.strip())
+  if not text or len(text) > 500:
+    raise ValueError(f"not an equation: {expr!r}")
+  try:
+    tree = ast.parse(text, mode="eval")
+  except (SyntaxError, ValueError) as e:
+    raise ValueError(f"not an equation: {expr!r}") from e
+
+  def ev(node: ast.AST) -> float:
+    if isinstance(node, ast.Expression):
+      return ev(node.body)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+      return float(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+      left, right = ev(node.left), ev(node.right)
+      if isinstance(node.op, ast.Div) and right == 0:
+        raise ValueError(f"division by zero in {expr!r}")
+      return _BINOPS[type(node.op)](left, right)
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+      return _UNARY[type(node.op)](ev(node.operand))
+    raise ValueError(f"not an equation: {expr!r}")
+
+  try:
+    value = ev(tree)
+  except RecursionError as e:
+    raise ValueError(f"equation too deep: {expr!r}") from e
+  if not math.isfinite(value):
+    raise ValueError(f"equation is not finite: {expr!r}")
+  return value
+
+
+def equations_equal(a: str, b: str, tol: float = SVAMP_TOLERANCE) -> bool:
+  try:
+    return abs(safe_eval(a) - safe_eval(b)) <= tol
+  except ValueError:
+    return False
+
+
+# --- completions ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Parsed:
+  rationale: str
+  teacher_answer: str  # "" when unparseable
+  teacher_correct: bool
+
+
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_NLI_ANSWER = re.compile(r"(?:^|\n)[ \t]*Answer:[ \t]*([A-Za-z]+)")
+_CQA_MARKER = re.compile(r"So the answer is")
+_CQA_ANSWER = re.compile(r"So the answer is\s*\(([A-Za-z])\)")
+_CQA_LETTER = re.compile(r"\([A-Za-z]\)")
+_SVAMP_MARKER = re.compile(r"The answer is")
+
+
+def cut_completion(text: str) -> str:
+  """Drops the invented next few-shot exemplar: everything from the first blank line."""
+  m = _BLANK_LINE.search(text)
+  return text[:m.start()] if m else text
+
+
+def parse_completion(task: str, completion: str, example: Example) -> Parsed:
+  """Splits a PaLM completion into rationale and answer, and checks the answer."""
+  head = cut_completion(completion)
+  if task in NLI_TASKS:
+    m = _NLI_ANSWER.search(head)
+    if not m:
+      return Parsed(head.strip(), "", False)
+    rationale, word = head[:m.start()].strip(), m.group(1).lower()
+    if word not in NLI_LABELS:
+      return Parsed(rationale, "", False)
+    return Parsed(rationale, word, word == example.label)
+  if task == "cqa":
+    marker = _CQA_MARKER.search(head)
+    if not marker:
+      return Parsed(head.strip(), "", False)
+    rationale = head[:marker.start()].strip()
+    m = _CQA_ANSWER.match(head, marker.start())
+    choices = choice_list(example)
+    idx = CQA_LETTERS.find(m.group(1).lower()) if m else -1
+    # Hedges ("(a) x or (b) y", "either (a) x or (b) y") count as unparseable, i.e. wrong.
+    hedged = bool(m) and _CQA_LETTER.search(head[m.end():].split("\n", 1)[0]) is not None
+    if idx < 0 or idx >= len(choices) or hedged:
+      return Parsed(rationale, "", False)
+    answer = choices[idx]
+    return Parsed(rationale, answer, answer == example.label)
+  if task == "svamp":
+    marker = _SVAMP_MARKER.search(head)
+    if not marker:
+      return Parsed(head.strip(), "", False)
+    rationale = head[:marker.start()].strip()
+    eq = head[marker.end():].split("\n", 1)[0].strip().rstrip(".").strip()
+    try:
+      safe_eval(eq)
+    except ValueError:
+      return Parsed(rationale, "", False)
+    return Parsed(rationale, eq, equations_equal(eq, example.label))
+  raise ValueError(f"unknown DSS task {task!r} (expected one of {TASKS})")
+
+
+def choice_list(example: Example) -> list[str]:
+  """The CQA choices back from the "(a) x (b) y ..." input string."""
+  text = example.inputs.get("choices", "")
+  parts = re.split(r"(?:^|\s)\([a-j]\)\s", text)
+  return [p.strip() for p in parts[1:]]
+
+
+def format_choices(choices: Sequence[str]) -> str:
+  return " ".join(f"({CQA_LETTERS[i]}) {c}" for i, c in enumerate(choices))
+
+
+# --- records ----------------------------------------------------------------------------------
+
+def _str_field(rec: Mapping, name: str, where: str, *, allow_empty: bool = False) -> str:
+  if name not in rec or rec[name] is None:
+    raise bad_record("missing_field", f"{where}: missing field {name!r}")
+  value = rec[name]
+  if not isinstance(value, str):
+    raise bad_record("bad_field", f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+  if not allow_empty and not value.strip():
+    raise bad_record("empty_field", f"{where}: field {name!r} is empty")
+  return value
+
+
+def nli_label(value: Any, task: str, where: str) -> str:
+  """0/1/2 (or "0"/"1"/"2", or the label word) -> entailment/neutral/contradiction."""
+  if isinstance(value, bool):
+    value = None
+  if isinstance(value, str) and value.strip().lower() in NLI_LABELS:
+    return value.strip().lower()
+  try:
+    i = int(value) if isinstance(value, (int, str)) else None
+  except ValueError:
+    i = None
+  if i is None or not 0 <= i < len(NLI_LABELS):
+    labels = LABEL_SETS.get(task, NLI_LABELS)
+    raise bad_record("unknown_label", f"{where}: unknown label {value!r} for task {task!r} "
+                                      f"(expected 0, 1, 2 or one of {list(labels)})")
+  return NLI_LABELS[i]
+
+
+def nli_example(rec: Mapping, *, task: str, split: str, example_id: str, where: str,
+                require_explanation: bool) -> Example:
+  """e-SNLI/ANLI record -> Example (shared with the tfds and HF e-SNLI loaders)."""
+  if not isinstance(rec, Mapping):
+    raise bad_record("bad_record", f"{where}: expected a JSON object, got {type(rec).__name__}")
+  premise = _str_field(rec, "premise", where)
+  hypothesis = _str_field(rec, "hypothesis", where)
+  if "label" not in rec or rec["label"] is None:
+    raise bad_record("missing_field", f"{where}: missing field 'label'")
+  label = nli_label(rec["label"], task, where)
+  explanations = []
+  for k in ("explanation_1", "explanation_2", "explanation_3"):
+    if k in rec and rec[k] is not None:
+      v = rec[k]
+      if not isinstance(v, str):
+        raise bad_record("bad_field", f"{where}: field {k!r} must be a string, got {type(v).__name__}")
+      if v.strip():
+        explanations.append(v.strip())
+  if not explanations and isinstance(rec.get("reason"), str) and rec["reason"].strip():
+    explanations.append(rec["reason"].strip())  # ANLI's annotator reason
+  if require_explanation:
+    first = rec.get("explanation_1")
+    if first is None:
+      raise bad_record("missing_field", f"{where}: missing field 'explanation_1'")
+    if not isinstance(first, str) or not first.strip():
+      raise bad_record("empty_explanation", f"{where}: field 'explanation_1' is empty "
+                                            f"(every {task} {split} record has a human explanation)")
+  return Example(id=example_id, task=task, inputs={"premise": premise, "hypothesis": hypothesis},
+                 label=label, human_explanations=tuple(explanations), split=split)
+
+
+def cqa_example(rec: Mapping, *, split: str, where: str) -> Example:
+  if not isinstance(rec, Mapping):
+    raise bad_record("bad_record", f"{where}: expected a JSON object, got {type(rec).__name__}")
+  ex_id = _str_field(rec, "id", where)
+  question = _str_field(rec, "question", where)
+  if "choices" not in rec or rec["choices"] is None:
+    raise bad_record("missing_field", f"{where}: missing field 'choices'")
+  choices = rec["choices"]
+  if (not isinstance(choices, list) or not 2 <= len(choices) <= len(CQA_LETTERS)
+      or not all(isinstance(c, str) and c.strip() for c in choices)):
+    raise bad_record("bad_field", f"{where}: field 'choices' must be a list of 2-{len(CQA_LETTERS)} "
+                                  f"non-empty strings, got {choices!r}")
+  answer = _str_field(rec, "answer", where)
+  if answer not in choices:
+    raise bad_record("unknown_label", f"{where}: answer {answer!r} is not one of the choices {choices!r}")
+  explanation = _str_field(rec, "abstractive_explanation", where, allow_empty=True).strip()
+  if not explanation:
+    raise bad_record("empty_explanation", f"{where}: field 'abstractive_explanation' is empty")
+  return Example(id=ex_id, task="cqa",
+                 inputs={"question": question, "choices": format_choices([c.strip() for c in choices])},
+                 label=answer, human_explanations=(explanation,), split=split)
+
+
+def svamp_example(rec: Mapping, *, split: str, example_id: str, where: str) -> Example:
+  if not isinstance(rec, Mapping):
+    raise bad_record("bad_record", f"{where}: expected a JSON object, got {type(rec).__name__}")
+  question = _str_field(rec, "input", where)
+  label = _str_field(rec, "label", where)
+  try:
+    safe_eval(label)
+  except ValueError:
+    raise bad_record("unknown_label", f"{where}: label {label!r} is not an arithmetic equation") from None
+  return Example(id=example_id, task="svamp", inputs={"question": question}, label=label,
+                 human_explanations=(), split=split)
+
+
+def example_from_record(task: str, split: str, index: int, rec: Any, where: str) -> Example:
+  if task in NLI_TASKS:
+    return nli_example(rec, task=task, split=split, example_id=f"{task}-{split}-{index}", where=where,
+                       require_explanation=(task == "esnli" and split in ("valid", "test")))
+  if task == "cqa":
+    return cqa_example(rec, split=split, where=where)
+  if task == "svamp":
+    return svamp_example(rec, split=split, example_id=f"{task}-{split}-{index}", where=where)
+  raise ValueError(f"unknown DSS task {task!r} (expected one of {TASKS})")
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def task_dir(src_dir: str, task: str) -> str:
+  """`src_dir` may be the release root (holding esnli/, cqa/, ...) or the task directory."""
+  if task not in TASKS:
+    raise ValueError(f"unknown DSS task {task!r} (expected one of {TASKS})")
+  candidates = [os.path.join(src_dir, task)]
+  if task == "anli":
+    candidates += [os.path.join(src_dir, f"anli{r}") for r in (1, 2, 3)]
+  for c in candidates:
+    if os.path.isdir(c):
+      return c
+  if glob.glob(os.path.join(src_dir, "*_*.json")):
+    return src_dir
+  raise FileNotFoundError(f"{src_dir}: no DSS {task} data (looked for {', '.join(candidates)} "
+                          f"and *_{{split}}.json files)")
+
+
+def split_files(tdir: str) -> dict[str, str]:
+  """split -> records file, from `*_{split}.json` names (SVAMP.json and llm/ are ignored)."""
+  found: dict[str, list[str]] = {}
+  for f in glob.glob(os.path.join(tdir, "*_*.json")):
+    m = re.fullmatch(r"(.+)_([A-Za-z]+)\.json", os.path.basename(f))
+    if m:
+      found.setdefault(m.group(2), []).append(f)
+  out = {}
+  for split, files in found.items():
+    if len(files) > 1:
+      raise DataError(f"{tdir}: several files for split {split!r}: {sorted(map(os.path.basename, files))}")
+    out[split] = files[0]
+  order = {s: i for i, s in enumerate(SPLIT_ORDER)}
+  return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def available_splits(src_dir: str, task: str) -> list[str]:
+  return list(split_files(task_dir(src_dir, task)))
+
+
+def cot_files(tdir: str, split: str) -> list[str]:
+  """llm/{split}_CoT_{N}.json in N order."""
+  files = []
+  for f in glob.glob(os.path.join(tdir, "llm", f"{split}_CoT_*.json")):
+    m = re.fullmatch(rf"{re.escape(split)}_CoT_(\d+)\.json", os.path.basename(f))
+    if m:
+      files.append((int(m.group(1)), f))
+  return [f for _, f in sorted(files)]
+
+
+def read_records(path: str, policy: ErrorPolicy) -> list[tuple[str, Any]]:
+  """[(where, record or None)] for each record position; malformed lines give None.
+
+  Positions count every non-blank line (a bad line still takes its place), so record i
+  aligns with completion i.
+  """
+  name = os.path.basename(path)
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  if text.lstrip().startswith("["):  # a JSON list instead of JSON lines
+    try:
+      items = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise bad_record("malformed_json", f"{name}:{e.lineno}: malformed JSON ({e.msg})") from None
+    return [(f"{name}: record {i + 1}", rec) for i, rec in enumerate(items)]
+  out = []
+  for lineno, line in enumerate(text.splitlines(), start=1):
+    if not line.strip():
+      continue
+    where = f"{name}:{lineno}"
+    try:
+      out.append((where, json.loads(line)))
+    except json.JSONDecodeError as e:
+      policy.handle(bad_record("malformed_json", f"{where}: malformed JSON ({e.msg} at column {e.colno})"))
+      out.append((where, None))
+  return out
+
+
+def read_completions(files: Sequence[str]) -> list[tuple[str, Any]]:
+  """Concatenated completions [(where, completion)] of the CoT files."""
+  out = []
+  for f in files:
+    name = os.path.basename(f)
+    try:
+      with open(f, encoding="utf-8") as fh:
+        items = json.load(fh)
+    except json.JSONDecodeError as e:
+      raise bad_record("bad_cot_file", f"{name}:{e.lineno}: malformed JSON ({e.msg})") from None
+    if not isinstance(items, list):
+      raise bad_record("bad_cot_file", f"{name}: expected a JSON list of completions, "
+                                       f"got {type(items).__name__}")
+    out.extend((f"{name}[{i}]", c) for i, c in enumerate(items))
+  return out
+
+
+@dataclasses.dataclass
+class SplitStats:
+  examples: int = 0
+  rationales: int = 0
+  correct: int = 0
+  unparsed: int = 0
+  rationale_words: int = 0
+
+  @property
+  def accuracy(self) -> float:
+    return self.correct / self.rationales if self.rationales else math.nan
+
+  @property
+  def mean_words(self) -> float:
+    return self.rationale_words / self.rationales if self.rationales else math.nan
+
+
+def split_stats(examples: Sequence[Example], rationales: Sequence[Rationale]) -> SplitStats:
+  s = SplitStats(examples=len(examples), rationales=len(rationales))
+  for r in rationales:
+    s.correct += bool(r.teacher_correct)
+    s.unparsed += r.teacher_answer == ""
+    s.rationale_words += len(r.rationale.split())
+  return s
+
+
+def read_split(src_dir: str, task: str, split: str, on_error: str = "raise"
+               ) -> tuple[list[Example], list[Rationale], dict[str, int]]:
+  """Examples, PaLM rationales and skipped-record counts of one released split."""
+  policy = ErrorPolicy(on_error)
+  tdir = task_dir(src_dir, task)
+  files = split_files(tdir)
+  if split not in files:
+    raise FileNotFoundError(f"{tdir}: no file for split {split!r} (found: {sorted(files)})")
+  path = files[split]
+  records = read_records(path, policy)
+
+  completions: list[tuple[str, Any]] | None = None
+  cfiles = cot_files(tdir, split)
+  if not cfiles:
+    logging.warning("%s: no llm/%s_CoT_*.json files; %s %s has no teacher rationales",
+                    tdir, split, task, split)
+  else:
+    names = ", ".join(os.path.basename(f) for f in cfiles)
+    try:
+      completions = read_completions(cfiles)
+      if len(completions) != len(records):
+        raise bad_record(
+            "cot_length_mismatch",
+            f"{names}: {len(completions)} completions but {os.path.basename(path)} has {len(records)} "
+            f"records (they must align index by index)")
+    except DataError as e:
+      policy.handle(e, count=len(records))  # skip: no rationale of this split can be trusted
+      completions = None
+
+  examples, rationales = [], []
+  seen_ids: set[str] = set()
+  for i, (where, rec) in enumerate(records):
+    if rec is None:  # malformed line, already counted
+      continue
+    try:
+      ex = example_from_record(task, split, i, rec, where)
+      if ex.id in seen_ids:
+        raise bad_record("duplicate_id", f"{where}: duplicate id {ex.id!r}")
+    except DataError as e:
+      policy.handle(e)
+      continue
+    seen_ids.add(ex.id)
+    examples.append(ex)
+    if completions is None:
+      continue
+    cwhere, completion = completions[i]
+    if not isinstance(completion, str):
+      policy.handle(bad_record("bad_completion", f"{cwhere}: completion must be a string, "
+                                                 f"got {type(completion).__name__}"))
+      continue
+    p = parse_completion(task, completion, ex)
+    rationales.append(Rationale(example_id=ex.id, teacher=TEACHER, prompt_id=PROMPT_ID, sample_index=0,
+                                rationale=p.rationale, teacher_answer=p.teacher_answer,
+                                teacher_correct=p.teacher_correct, raw=completion))
+  return examples, rationales, policy.as_dict()
+
+
+# --- Dataset -----------------------------------------------------------------------------------
+
+def assemble(task: str, by_split: Mapping[str, list[Example]], dev_size: int, max_train_examples: int,
+             where: str) -> dict[str, list[Example]]:
+  """Released splits -> train/dev/test (INTERFACES.md).
+
+  No train split (e-SNLI as shipped here): train = valid minus its last dev_size, dev =
+  those. A train split: train = train; dev = the last dev_size of valid if there is one,
+  else the last dev_size of train. test = test.
+  """
+  if "train" in by_split:
+    train = list(by_split["train"])
+    if by_split.get("valid"):
+      valid = list(by_split["valid"])
+      dev = valid[-dev_size:] if 0 < dev_size < len(valid) else valid
+    else:
+      train, dev = split_off_dev(train, dev_size, f"{where} ({task} train)")
+  elif "valid" in by_split:
+    train, dev = split_off_dev(by_split["valid"], dev_size, f"{where} ({task} valid)")
+  else:
+    raise DataError(f"{where}: {task} has neither a train nor a valid split (found: {sorted(by_split)})")
+  return {
+      "train": relabel_split(cap_train(train, max_train_examples), "train"),
+      "dev": relabel_split(dev, "dev"),
+      "test": relabel_split(by_split.get("test", []), "test"),
+  }
+
+
+def _wanted(splits: Sequence[str]) -> list[str]:
+  return [s for s in splits if s in SPLIT_ORDER]
+
+
+def load(config_data) -> Dataset:
+  """config.data (source="dss") -> Dataset; reads an imported cache when cache_dir has one."""
+  task = cfg_get(config_data, "task", "esnli")
+  if task not in TASKS:
+    raise ValueError(f"config.data.task={task!r}: the dss source has tasks {TASKS}")
+  path = cfg_get(config_data, "path", "") or ""
+  cache_dir = cfg_get(config_data, "cache_dir", "") or ""
+  dev_size = int(cfg_get(config_data, "dev_size", 1000))
+  max_train = int(cfg_get(config_data, "max_train_examples", -1))
+  on_error = cfg_get(config_data, "on_error", "raise")
+
+  by_split: dict[str, list[Example]] = {}
+  rationales: list[Rationale] = []
+  skipped: dict[str, int] = {}
+  cache = None
+  if cache_dir:
+    from jaxdistill.data.cache import RationaleCache  # pylint: disable=g-import-not-at-top
+    if not RationaleCache.exists(cache_dir):
+      raise FileNotFoundError(
+          f"config.data.cache_dir={cache_dir!r} holds no rationale cache; build it with "
+          f"`python -m jaxdistill.cache import-dss --task={task} --src=DIR --split=all --out={cache_dir}`")
+    cache = RationaleCache.open(cache_dir)
+    for ex in cache.read_examples(task=task):
+      by_split.setdefault(ex.split, []).append(ex)
+    source = cache.manifest.get("source", {})
+    for info in source.get("imports", {}).get(task, {}).values():
+      skipped = merge_skipped(skipped, info.get("skipped", {}))
+  where = cache_dir or path
+  if by_split and "test" not in by_split:
+    logging.warning("%s: the cache holds %s splits %s but no test split (import it with --split=all)",
+                    cache_dir, task, sorted(by_split))
+  if not by_split:
+    if not path:
+      raise ValueError("config.data.path must point at the DSS release (e.g. ../shared/data/dss) "
+                       "or config.data.cache_dir at an imported cache")
+    for split in _wanted(available_splits(path, task)):
+      exs, rats, sk = read_split(path, task, split, on_error=on_error)
+      by_split[split] = exs
+      rationales.extend(rats)
+      skipped = merge_skipped(skipped, sk)
+    where = path
+  if cache is not None:
+    rationales = cache.read_rationales()  # cache_dir set: rationales come from the cache
+  splits = assemble(task, by_split, dev_size, max_train, where)
+  ids = {ex.id for exs in splits.values() for ex in exs}
+  return Dataset(task=task, splits=splits, rationales=group_rationales(rationales, ids),
+                 labels=LABEL_SETS.get(task), skipped=skipped)

@@ -1,0 +1,380 @@
+"""DSS release reader: completion parsing, splits, bad input, the import CLI, the real data."""
+
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from jaxdistill.data.examples import DataError, Example
+from jaxdistill.data.sources import dss, load_dataset
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "dss"
+
+
+@pytest.fixture(scope="session")
+def dss_root():
+  """The real release at ../shared/data/dss (never copied into the repo)."""
+  root = REPO.parent / "shared" / "data" / "dss"
+  if not root.is_dir():
+    pytest.skip(f"{root} not found")
+  return str(root)
+
+
+def _nli(label="neutral"):
+  return Example(id="e", task="esnli", inputs={"premise": "p", "hypothesis": "h"}, label=label)
+
+
+def _cqa(label="ocean", choices=("ocean", "desert", "sky")):
+  return Example(id="c", task="cqa", inputs={"question": "q", "choices": dss.format_choices(choices)},
+                 label=label)
+
+
+def _svamp(label="( 84.0 / 2.0 )"):
+  return Example(id="s", task="svamp", inputs={"question": "q"}, label=label)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+def test_parse_esnli():
+  p = dss.parse_completion("esnli", "A is B.\nAnswer: neutral\n\nPremise: x\nHypothesis: y\nReasonings: z\n"
+                           "Answer: entailment", _nli("neutral"))
+  assert p == dss.Parsed("A is B.", "neutral", True)
+  p = dss.parse_completion("esnli", "  Because.\nAnswer: Contradiction\n\nPre", _nli("neutral"))
+  assert p == dss.Parsed("Because.", "contradiction", False)
+  # No answer before the next exemplar: unparseable, rationale kept, never an error.
+  p = dss.parse_completion("esnli", "Runs on and on\n\nPremise: p\nAnswer: neutral", _nli())
+  assert p == dss.Parsed("Runs on and on", "", False)
+  assert dss.parse_completion("esnli", "R.\nAnswer: maybe", _nli()) == dss.Parsed("R.", "", False)
+  assert dss.parse_completion("anli", "R.\nAnswer: neutral", _nli()).teacher_correct
+
+
+def test_parse_cqa():
+  ex = _cqa()
+  p = dss.parse_completion("cqa", "Sharks swim. So the answer is (a) ocean.\n\nQ: next?\nA: So the answer is "
+                           "(b) desert.", ex)
+  assert p == dss.Parsed("Sharks swim.", "ocean", True)
+  # The letter decides (mapped to the example's choice), not the text after it.
+  p = dss.parse_completion("cqa", "X. So the answer is (b) ocean.", ex)
+  assert p == dss.Parsed("X.", "desert", False)
+  assert dss.parse_completion("cqa", "X. So the answer is (c).", ex).teacher_answer == "sky"
+  for hedge in ("X. So the answer is either (a) ocean or (b) desert.",
+                "X. So the answer is (a) ocean or (b) desert."):
+    assert dss.parse_completion("cqa", hedge, ex) == dss.Parsed("X.", "", False)
+  assert dss.parse_completion("cqa", "X. So the answer is (e) moon.", ex) == dss.Parsed("X.", "", False)
+  assert dss.parse_completion("cqa", "No marker here.", ex) == dss.Parsed("No marker here.", "", False)
+  assert dss.choice_list(ex) == ["ocean", "desert", "sky"]
+
+
+def test_parse_svamp():
+  ex = _svamp()
+  p = dss.parse_completion("svamp", "84 / 2 = 42. The answer is (84 / 2).\n\nQ: x\nA: The answer is (1 + 1).",
+                           ex)
+  assert p == dss.Parsed("84 / 2 = 42.", "(84 / 2)", True)
+  assert dss.parse_completion("svamp", "R. The answer is 42 - 0.", ex).teacher_correct
+  p = dss.parse_completion("svamp", "R. The answer is (84 / 3).", ex)
+  assert p == dss.Parsed("R.", "(84 / 3)", False)
+  p = dss.parse_completion("svamp", "R. The answer is (16 * 17) * 4.\n\nQ",
+                           _svamp("( ( 16.0 * 17.0 ) * 4.0 )"))
+  assert p == dss.Parsed("R.", "(16 * 17) * 4", True)
+  for bad in ("R. The answer is (some - 21).", "R. The answer is ((491 - 21", "R. no marker"):
+    assert dss.parse_completion("svamp", bad, ex).teacher_answer == ""
+
+
+def test_safe_eval():
+  assert dss.safe_eval("( ( 17.0 + 15.0 ) + 2.0 )") == 34.0
+  assert dss.safe_eval("-(3 - 5) * 2 / 4") == 1.0
+  assert dss.safe_eval("11,210 + 1") == 11211.0
+  assert dss.equations_equal("( 84.0 / 2.0 )", "84/2") and not dss.equations_equal("1/3", "0.333")
+  assert dss.equations_equal("1/3", "0.33334")  # within 1e-4
+  for bad in ("__import__('os').system('true')", "x + 1", "2 ** 8", "1 / 0", "(1, 2)", "7x = 14", "", "1 +",
+              "(" * 300 + "1" + ")" * 300, "1e308 * 10", "abs(-1)", "[1][0]", "1 if 1 else 2"):
+    with pytest.raises(ValueError):
+      dss.safe_eval(bad)
+
+
+# --- reading the fixture release -----------------------------------------------------------------
+
+def test_read_esnli_fixture():
+  exs, rats, skipped = dss.read_split(str(FIXTURES), "esnli", "valid")
+  assert skipped == {}
+  assert [e.id for e in exs] == ["esnli-valid-0", "esnli-valid-1", "esnli-valid-2", "esnli-valid-3"]
+  assert [e.label for e in exs] == ["neutral", "entailment", "contradiction", "entailment"]
+  assert exs[0].inputs == {"premise": "Two women are embracing while holding to go packages.",
+                           "hypothesis": "The sisters are hugging goodbye."}
+  assert exs[0].human_explanations == ("Embracing women need not be sisters.", "Not all hugs are goodbyes.")
+  assert exs[0].split == "valid"
+  # CoT files concatenate in numeric order: _0 (2 items), _2, _10.
+  assert [(r.teacher_answer, r.teacher_correct) for r in rats] == [
+      ("neutral", True), ("contradiction", False), ("", False), ("entailment", True)]
+  assert rats[3].rationale == "A child kicking a ball is playing with it."
+  assert rats[0].raw.startswith("Embracing women") and rats[0].raw.endswith("Answer: entailment")
+  assert {(r.teacher, r.prompt_id, r.sample_index) for r in rats} == {("palm-540b", "dss-cot", 0)}
+  assert [r.example_id for r in rats] == [e.id for e in exs]
+  # The task directory itself works as src too.
+  assert dss.read_split(str(FIXTURES / "esnli"), "esnli", "valid")[0] == exs
+
+
+def test_read_cqa_svamp_anli_fixtures():
+  exs, rats, _ = dss.read_split(str(FIXTURES), "cqa", "train")
+  assert [e.id for e in exs] == ["cqa-a1", "cqa-a2", "cqa-a3", "cqa-a4"]
+  assert exs[1].inputs["choices"] == "(a) spoon (b) scissors (c) pillow (d) cup (e) scissors"
+  assert exs[1].human_explanations == ("scissors cut paper",)
+  assert [(r.teacher_answer, r.teacher_correct) for r in rats] == [
+      ("ocean", True), ("pillow", False), ("", False), ("", False)]
+  exs, rats, _ = dss.read_split(str(FIXTURES), "svamp", "train")
+  assert exs[0].inputs == {"question": "Luke scored 84 points after playing 2 rounds.\n"
+                                       "How many points did he score per round?"}
+  assert [(r.teacher_answer, r.teacher_correct) for r in rats] == [
+      ("(84 / 2)", True), ("(16 * 17) * 4", True), ("", False), ("(1,210 + 91)", False)]
+  # ANLI: same layout as e-SNLI under anli1/, files globbed as *_{split}.json.
+  assert dss.available_splits(str(FIXTURES), "anli") == ["train", "valid", "test"]
+  exs, rats, _ = dss.read_split(str(FIXTURES), "anli", "train")
+  assert [e.label for e in exs] == ["entailment", "contradiction", "neutral"]
+  assert exs[0].human_explanations == ("The system serves Parma.",) and exs[1].human_explanations == ()
+  assert [r.teacher_correct for r in rats] == [True, True, False]
+  exs, _, _ = dss.read_split(str(FIXTURES), "anli", "valid")
+  assert exs[0].label == "entailment"  # label given as a word
+
+
+def test_load_splits():
+  cfg = {"source": "dss", "task": "esnli", "path": str(FIXTURES), "dev_size": 1, "max_train_examples": -1,
+         "on_error": "raise", "cache_dir": ""}
+  d = load_dataset(cfg)
+  assert d.task == "esnli" and d.labels == ("entailment", "neutral", "contradiction") and d.skipped == {}
+  # No train split: train = valid minus the last dev_size, dev = those, test = test.
+  assert [e.id for e in d.splits["train"]] == ["esnli-valid-0", "esnli-valid-1", "esnli-valid-2"]
+  assert [e.id for e in d.splits["dev"]] == ["esnli-valid-3"]
+  assert [e.id for e in d.splits["test"]] == ["esnli-test-0", "esnli-test-1"]
+  assert {e.split for e in d.splits["train"]} == {"train"} and d.splits["dev"][0].split == "dev"
+  assert set(d.rationales) == {e.id for s in d.splits.values() for e in s}
+  assert d.rationales["esnli-test-1"][0].teacher_answer == "neutral"
+  d = load_dataset(dict(cfg, max_train_examples=2))
+  assert len(d.splits["train"]) == 2 and len(d.splits["dev"]) == 1
+  assert "esnli-valid-2" not in d.rationales
+  # Train split present (cqa/svamp): dev = last dev_size of train.
+  d = load_dataset(dict(cfg, task="cqa"))
+  assert [e.id for e in d.splits["dev"]] == ["cqa-a4"] and len(d.splits["train"]) == 3
+  assert d.labels is None and len(d.splits["test"]) == 2
+  # Train and valid present (anli): train = train, dev = last dev_size of valid.
+  d = load_dataset(dict(cfg, task="anli"))
+  assert [len(d.splits[s]) for s in ("train", "dev", "test")] == [3, 1, 1]
+  with pytest.raises(ValueError, match="dev_size=4 leaves no training examples"):
+    load_dataset(dict(cfg, dev_size=4))
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+def _copy_task(tmp_path, task):
+  src = FIXTURES / ("anli1" if task == "anli" else task)
+  dst = tmp_path / src.name
+  shutil.copytree(src, dst)
+  return dst
+
+
+def _edit_line(path, lineno, fn):
+  lines = path.read_text().split("\n")
+  lines[lineno - 1] = fn(lines[lineno - 1])
+  path.write_text("\n".join(lines))
+
+
+def _set_field(key, value):
+  def fn(line):
+    rec = json.loads(line)
+    if value is _DELETE:
+      del rec[key]
+    else:
+      rec[key] = value
+    return json.dumps(rec)
+  return fn
+
+
+_DELETE = object()
+
+BAD_RECORDS = [
+    # task, split, file, line, edit, reason, message pattern
+    ("esnli", "valid", "esnli_valid.json", 2, lambda l: l[:-5], "malformed_json",
+     r"esnli_valid\.json:2: malformed JSON"),
+    ("esnli", "valid", "esnli_valid.json", 4, _set_field("hypothesis", _DELETE), "missing_field",
+     r"esnli_valid\.json:4: missing field 'hypothesis'"),
+    ("esnli", "valid", "esnli_valid.json", 5, _set_field("label", 7), "unknown_label",
+     r"esnli_valid\.json:5: unknown label 7"),
+    ("esnli", "test", "esnli_test.json", 1, _set_field("explanation_1", "  "), "empty_explanation",
+     r"esnli_test\.json:1: field 'explanation_1' is empty"),
+    ("esnli", "valid", "esnli_valid.json", 1, _set_field("premise", ["x"]), "bad_field",
+     r"esnli_valid\.json:1: field 'premise' must be a string"),
+    ("cqa", "train", "cqa_train.json", 2, _set_field("answer", "hammer"), "unknown_label",
+     r"cqa_train\.json:2: answer 'hammer' is not one of the choices"),
+    ("cqa", "train", "cqa_train.json", 3, _set_field("choices", _DELETE), "missing_field",
+     r"cqa_train\.json:3: missing field 'choices'"),
+    ("cqa", "test", "cqa_test.json", 2, _set_field("abstractive_explanation", ""), "empty_explanation",
+     r"cqa_test\.json:2: field 'abstractive_explanation' is empty"),
+    ("cqa", "train", "cqa_train.json", 4, _set_field("id", "cqa-a1"), "duplicate_id",
+     r"cqa_train\.json:4: duplicate id 'cqa-a1'"),
+    ("svamp", "train", "svamp_train.json", 3, _set_field("label", "( x + 1 )"), "unknown_label",
+     r"svamp_train\.json:3: label '\( x \+ 1 \)' is not an arithmetic equation"),
+    ("svamp", "test", "svamp_test.json", 1, _set_field("input", _DELETE), "missing_field",
+     r"svamp_test\.json:1: missing field 'input'"),
+    ("anli", "train", "anli1_train.json", 2, _set_field("label", "maybe"), "unknown_label",
+     r"anli1_train\.json:2: unknown label 'maybe'"),
+]
+
+
+@pytest.mark.parametrize("task,split,fname,line,edit,reason,pattern", BAD_RECORDS,
+                         ids=[f"{b[0]}-{b[5]}-{i}" for i, b in enumerate(BAD_RECORDS)])
+def test_bad_records(tmp_path, task, split, fname, line, edit, reason, pattern):
+  tdir = _copy_task(tmp_path, task)
+  _edit_line(tdir / fname, line, edit)
+  with pytest.raises(DataError, match=pattern):
+    dss.read_split(str(tmp_path), task, split)
+  good_exs, good_rats, _ = dss.read_split(str(FIXTURES), task, split)
+  exs, rats, skipped = dss.read_split(str(tmp_path), task, split, on_error="skip")
+  assert skipped == {reason: 1}
+  assert len(exs) == len(good_exs) - 1 and len(rats) == len(good_rats) - 1
+  # Completions stay aligned with their records around the skipped one.
+  good = {r.example_id: r for r in good_rats}
+  for r in rats:
+    if reason != "duplicate_id":
+      assert r == good[r.example_id]
+
+
+def test_cot_length_mismatch(tmp_path):
+  tdir = _copy_task(tmp_path, "esnli")
+  (tdir / "llm" / "valid_CoT_10.json").write_text("[]")
+  pattern = (r"valid_CoT_0\.json, valid_CoT_2\.json, valid_CoT_10\.json: 3 completions but "
+             r"esnli_valid\.json has 4 records")
+  with pytest.raises(DataError, match=pattern):
+    dss.read_split(str(tmp_path), "esnli", "valid")
+  exs, rats, skipped = dss.read_split(str(tmp_path), "esnli", "valid", on_error="skip")
+  assert len(exs) == 4 and rats == [] and skipped == {"cot_length_mismatch": 4}
+
+
+def test_bad_cot_files(tmp_path):
+  tdir = _copy_task(tmp_path, "esnli")
+  (tdir / "llm" / "valid_CoT_2.json").write_text('["unterminated')
+  with pytest.raises(DataError, match=r"valid_CoT_2\.json:1: malformed JSON"):
+    dss.read_split(str(tmp_path), "esnli", "valid")
+  assert dss.read_split(str(tmp_path), "esnli", "valid", on_error="skip")[2] == {"bad_cot_file": 4}
+  (tdir / "llm" / "valid_CoT_2.json").write_text("[null]")
+  with pytest.raises(DataError, match=r"valid_CoT_2\.json\[0\]: completion must be a string"):
+    dss.read_split(str(tmp_path), "esnli", "valid")
+  exs, rats, skipped = dss.read_split(str(tmp_path), "esnli", "valid", on_error="skip")
+  assert len(exs) == 4 and len(rats) == 3 and skipped == {"bad_completion": 1}
+
+
+def test_load_reports_skipped(tmp_path):
+  tdir = _copy_task(tmp_path, "esnli")
+  _edit_line(tdir / "esnli_valid.json", 1, _set_field("label", -1))
+  cfg = {"source": "dss", "task": "esnli", "path": str(tmp_path), "dev_size": 1, "on_error": "skip"}
+  d = load_dataset(cfg)
+  assert d.skipped == {"unknown_label": 1} and len(d.splits["train"]) == 2
+  with pytest.raises(DataError, match="esnli_valid.json:1"):
+    load_dataset(dict(cfg, on_error="raise"))
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "jaxdistill.cache", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+
+
+def test_cli_import_fixture_resumable_and_load_from_cache(tmp_path):
+  out = str(tmp_path / "cache")
+  r = _cli("import-dss", "--task=cqa", f"--src={FIXTURES}", "--split=all", f"--out={out}")
+  assert r.returncode == 0, r.stderr
+  assert "cqa/train: examples 4 (4 new), rationales 4 (4 new), unparsed 2, skipped: none" in r.stdout
+  assert "teacher accuracy: 0.2500 (1/4)" in r.stdout.splitlines()
+  assert "teacher accuracy: 1.0000 (2/2)" in r.stdout.splitlines()  # "(b) flame": the letter decides
+  r = _cli("import-dss", "--task=cqa", f"--src={FIXTURES}", "--split=all", f"--out={out}")
+  assert r.returncode == 0 and "(0 new)" in r.stdout and "(4 new)" not in r.stdout
+  cfg = {"source": "dss", "task": "cqa", "path": str(FIXTURES), "dev_size": 1}
+  from_raw = load_dataset(cfg)
+  from_cache = load_dataset(dict(cfg, path="", cache_dir=out))
+  assert from_cache.splits == from_raw.splits and from_cache.rationales == from_raw.rationales
+  r = _cli("import-dss", "--task=esnli", f"--src={FIXTURES}", "--split=nope", f"--out={out}")
+  assert r.returncode != 0 and "no file for split 'nope'" in r.stderr
+  r = _cli("bogus-command")
+  assert r.returncode != 0 and "import-dss" in r.stderr
+
+
+def test_cli_on_error_skip(tmp_path):
+  _copy_task(tmp_path, "svamp")
+  _edit_line(tmp_path / "svamp" / "svamp_train.json", 2, lambda l: "{not json")
+  out = str(tmp_path / "cache")
+  r = _cli("import-dss", "--task=svamp", f"--src={tmp_path}", "--split=train", f"--out={out}")
+  assert r.returncode != 0 and "svamp_train.json:2: malformed JSON" in r.stderr
+  r = _cli("import-dss", "--task=svamp", f"--src={tmp_path}", "--split=train", f"--out={out}",
+           "--on_error=skip")
+  assert r.returncode == 0, r.stderr
+  assert "skipped: malformed_json=1" in r.stdout and "teacher accuracy: 0.3333 (1/3)" in r.stdout
+
+
+# --- the real release ----------------------------------------------------------------------------
+
+def _record_count(path):
+  with open(path) as f:
+    return sum(1 for line in f if line.strip())
+
+
+@pytest.mark.parametrize("task", ["esnli", "cqa", "svamp"])
+def test_real_release_every_row_parses(dss_root, task):
+  splits = dss.available_splits(dss_root, task)
+  assert splits == {"esnli": ["valid", "test"], "cqa": ["train", "test"], "svamp": ["train", "test"]}[task]
+  for split in splits:
+    exs, rats, skipped = dss.read_split(dss_root, task, split)  # on_error="raise": any bad row fails
+    n = _record_count(dss.split_files(dss.task_dir(dss_root, task))[split])
+    assert skipped == {} and len(exs) == len(rats) == n
+    assert len({e.id for e in exs}) == n
+    stats = dss.split_stats(exs, rats)
+    assert 0.6 < stats.accuracy < 0.85 and stats.unparsed < 0.05 * n
+    if task == "cqa":
+      assert all(dss.choice_list(e) == [c.strip() for c in _choices(e)] for e in exs[:50])
+      assert all(r.teacher_answer in ("", *dss.choice_list(e)) for e, r in zip(exs, rats))
+    if task == "esnli":
+      assert all(e.human_explanations for e in exs)
+
+
+def _choices(example):
+  return re.split(r"\s?\([a-e]\) ", example.inputs["choices"])[1:]
+
+
+def test_real_release_imports_via_cli(dss_root, tmp_path):
+  """Every row of every task imports; the known check: PaLM's e-SNLI dev accuracy is 0.7317 (7201/9842)."""
+  out = str(tmp_path / "cache")
+  accuracy = {}
+  for task in ("esnli", "cqa", "svamp"):
+    r = _cli("import-dss", f"--task={task}", f"--src={dss_root}", "--split=all", f"--out={out}")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for i, line in enumerate(lines):
+      if line.startswith("teacher accuracy:"):
+        split = re.match(r"(\w+)/(\w+):", lines[i - 2]).group(2)
+        accuracy[(task, split)] = line
+    if task == "esnli":
+      words = float(re.search(r"mean rationale words: ([\d.]+)", r.stdout).group(1))
+      assert 8 < words < 13  # "about 10 words"
+  m = re.fullmatch(r"teacher accuracy: (\d\.\d{4}) \((\d+)/(\d+)\)", accuracy[("esnli", "valid")])
+  assert m and m.group(3) == "9842" and abs(float(m.group(1)) - 0.7317) <= 0.002
+  from jaxdistill.data.cache import RationaleCache
+  cache = RationaleCache.open(out)
+  counts = cache.manifest["counts"]
+  expected = {}
+  for task in ("esnli", "cqa", "svamp"):
+    for split, path in dss.split_files(dss.task_dir(dss_root, task)).items():
+      n = expected[f"{task}/{split}"] = _record_count(path)
+      assert accuracy[(task, split)].endswith(f"/{n})")  # every record has a rationale
+  assert counts["examples_by_task_split"] == expected
+  assert counts["examples"] == counts["rationales"] == sum(expected.values()) == len(cache.keys())
+  correct = {}
+  for r in cache.read_rationales():
+    correct[r.example_id] = r.teacher_correct
+  valid_ids = {e.id for e in cache.read_examples(task="esnli", split="valid")}
+  assert sum(correct[i] for i in valid_ids) == int(m.group(2))
+  # The DSS source reads the imported cache exactly like the raw files.
+  cfg = {"source": "dss", "task": "svamp", "path": dss_root, "dev_size": 100}
+  assert load_dataset(dict(cfg, path="", cache_dir=out)).splits == load_dataset(cfg).splits
