@@ -13,7 +13,6 @@ from jaxdistill.data.examples import DataError, Example
 from jaxdistill.data.sources import dss, load_dataset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = REPO / "tests" / "fixtures" / "dss"
 
 
 @pytest.fixture(scope="session")
@@ -97,53 +96,55 @@ def test_safe_eval():
       dss.safe_eval(bad)
 
 
-# --- reading the fixture release -----------------------------------------------------------------
+# --- reading the fixture release (tests/dss_fixture.py, written by the dss_fixture_dir fixture) -----
 
-def test_read_esnli_fixture():
-  exs, rats, skipped = dss.read_split(str(FIXTURES), "esnli", "valid")
+def test_read_esnli_fixture(dss_fixture_dir):
+  exs, rats, skipped = dss.read_split(str(dss_fixture_dir), "esnli", "valid")
   assert skipped == {}
   assert [e.id for e in exs] == ["esnli-valid-0", "esnli-valid-1", "esnli-valid-2", "esnli-valid-3"]
   assert [e.label for e in exs] == ["neutral", "entailment", "contradiction", "entailment"]
-  assert exs[0].inputs == {"premise": "Two women are embracing while holding to go packages.",
-                           "hypothesis": "The sisters are hugging goodbye."}
-  assert exs[0].human_explanations == ("Embracing women need not be sisters.", "Not all hugs are goodbyes.")
+  assert exs[0].inputs == {"premise": "Two jugglers in striped vests toss pins beside a fountain.",
+                           "hypothesis": "The jugglers are brothers."}
+  assert exs[0].human_explanations == ("Jugglers side by side need not be brothers.",
+                                       "Matching vests do not make people family.")
   assert exs[0].split == "valid"
   # CoT files concatenate in numeric order: _0 (2 items), _2, _10.
   assert [(r.teacher_answer, r.teacher_correct) for r in rats] == [
       ("neutral", True), ("contradiction", False), ("", False), ("entailment", True)]
-  assert rats[3].rationale == "A child kicking a ball is playing with it."
-  assert rats[0].raw.startswith("Embracing women") and rats[0].raw.endswith("Answer: entailment")
+  assert rats[3].rationale == "A toddler stacking blocks is playing with them."
+  assert rats[0].raw.startswith("Jugglers beside") and rats[0].raw.endswith("Answer: entailment")
   assert {(r.teacher, r.prompt_id, r.sample_index) for r in rats} == {("palm-540b", "dss-cot", 0)}
   assert [r.example_id for r in rats] == [e.id for e in exs]
   # The task directory itself works as src too.
-  assert dss.read_split(str(FIXTURES / "esnli"), "esnli", "valid")[0] == exs
+  assert dss.read_split(str(dss_fixture_dir / "esnli"), "esnli", "valid")[0] == exs
 
 
-def test_read_cqa_svamp_anli_fixtures():
-  exs, rats, _ = dss.read_split(str(FIXTURES), "cqa", "train")
+def test_read_cqa_svamp_anli_fixtures(dss_fixture_dir):
+  fixtures = str(dss_fixture_dir)
+  exs, rats, _ = dss.read_split(fixtures, "cqa", "train")
   assert [e.id for e in exs] == ["cqa-a1", "cqa-a2", "cqa-a3", "cqa-a4"]
-  assert exs[1].inputs["choices"] == "(a) spoon (b) scissors (c) pillow (d) cup (e) scissors"
-  assert exs[1].human_explanations == ("scissors cut paper",)
+  assert exs[1].inputs["choices"] == "(a) spoon (b) sharpener (c) pillow (d) cup (e) sharpener"
+  assert exs[1].human_explanations == ("a sharpener sharpens pencils",)
   assert [(r.teacher_answer, r.teacher_correct) for r in rats] == [
-      ("ocean", True), ("pillow", False), ("", False), ("", False)]
-  exs, rats, _ = dss.read_split(str(FIXTURES), "svamp", "train")
-  assert exs[0].inputs == {"question": "Luke scored 84 points after playing 2 rounds.\n"
-                                       "How many points did he score per round?"}
+      ("iceberg", True), ("pillow", False), ("", False), ("", False)]
+  exs, rats, _ = dss.read_split(fixtures, "svamp", "train")
+  assert exs[0].inputs == {"question": "A robot stacks 96 bricks into 3 equal towers.\n"
+                                       "How many bricks are in each tower?"}
   assert [(r.teacher_answer, r.teacher_correct) for r in rats] == [
-      ("(84 / 2)", True), ("(16 * 17) * 4", True), ("", False), ("(1,210 + 91)", False)]
+      ("(96 / 3)", True), ("(12 * 15) * 3", True), ("", False), ("(2,340 + 61)", False)]
   # ANLI: same layout as e-SNLI under anli1/, files globbed as *_{split}.json.
-  assert dss.available_splits(str(FIXTURES), "anli") == ["train", "valid", "test"]
-  exs, rats, _ = dss.read_split(str(FIXTURES), "anli", "train")
+  assert dss.available_splits(fixtures, "anli") == ["train", "valid", "test"]
+  exs, rats, _ = dss.read_split(fixtures, "anli", "train")
   assert [e.label for e in exs] == ["entailment", "contradiction", "neutral"]
-  assert exs[0].human_explanations == ("The system serves Parma.",) and exs[1].human_explanations == ()
+  assert exs[0].human_explanations == ("The tram line is in Vellmoor.",) and exs[1].human_explanations == ()
   assert [r.teacher_correct for r in rats] == [True, True, False]
-  exs, _, _ = dss.read_split(str(FIXTURES), "anli", "valid")
+  exs, _, _ = dss.read_split(fixtures, "anli", "valid")
   assert exs[0].label == "entailment"  # label given as a word
 
 
-def test_load_splits():
-  cfg = {"source": "dss", "task": "esnli", "path": str(FIXTURES), "dev_size": 1, "max_train_examples": -1,
-         "on_error": "raise", "cache_dir": ""}
+def test_load_splits(dss_fixture_dir):
+  cfg = {"source": "dss", "task": "esnli", "path": str(dss_fixture_dir), "dev_size": 1,
+         "max_train_examples": -1, "on_error": "raise", "cache_dir": ""}
   d = load_dataset(cfg)
   assert d.task == "esnli" and d.labels == ("entailment", "neutral", "contradiction") and d.skipped == {}
   # No train split: train = valid minus the last dev_size, dev = those, test = test.
@@ -169,8 +170,8 @@ def test_load_splits():
 
 # --- bad input -----------------------------------------------------------------------------------
 
-def _copy_task(tmp_path, task):
-  src = FIXTURES / ("anli1" if task == "anli" else task)
+def _copy_task(fixture_dir, tmp_path, task):
+  src = fixture_dir / ("anli1" if task == "anli" else task)
   dst = tmp_path / src.name
   shutil.copytree(src, dst)
   return dst
@@ -226,12 +227,12 @@ BAD_RECORDS = [
 
 @pytest.mark.parametrize("task,split,fname,line,edit,reason,pattern", BAD_RECORDS,
                          ids=[f"{b[0]}-{b[5]}-{i}" for i, b in enumerate(BAD_RECORDS)])
-def test_bad_records(tmp_path, task, split, fname, line, edit, reason, pattern):
-  tdir = _copy_task(tmp_path, task)
+def test_bad_records(dss_fixture_dir, tmp_path, task, split, fname, line, edit, reason, pattern):
+  tdir = _copy_task(dss_fixture_dir, tmp_path, task)
   _edit_line(tdir / fname, line, edit)
   with pytest.raises(DataError, match=pattern):
     dss.read_split(str(tmp_path), task, split)
-  good_exs, good_rats, _ = dss.read_split(str(FIXTURES), task, split)
+  good_exs, good_rats, _ = dss.read_split(str(dss_fixture_dir), task, split)
   exs, rats, skipped = dss.read_split(str(tmp_path), task, split, on_error="skip")
   assert skipped == {reason: 1}
   assert len(exs) == len(good_exs) - 1 and len(rats) == len(good_rats) - 1
@@ -242,8 +243,8 @@ def test_bad_records(tmp_path, task, split, fname, line, edit, reason, pattern):
       assert r == good[r.example_id]
 
 
-def test_cot_length_mismatch(tmp_path):
-  tdir = _copy_task(tmp_path, "esnli")
+def test_cot_length_mismatch(dss_fixture_dir, tmp_path):
+  tdir = _copy_task(dss_fixture_dir, tmp_path, "esnli")
   (tdir / "llm" / "valid_CoT_10.json").write_text("[]")
   pattern = (r"valid_CoT_0\.json, valid_CoT_2\.json, valid_CoT_10\.json: 3 completions but "
              r"esnli_valid\.json has 4 records")
@@ -253,8 +254,8 @@ def test_cot_length_mismatch(tmp_path):
   assert len(exs) == 4 and rats == [] and skipped == {"cot_length_mismatch": 4}
 
 
-def test_bad_cot_files(tmp_path):
-  tdir = _copy_task(tmp_path, "esnli")
+def test_bad_cot_files(dss_fixture_dir, tmp_path):
+  tdir = _copy_task(dss_fixture_dir, tmp_path, "esnli")
   (tdir / "llm" / "valid_CoT_2.json").write_text('["unterminated')
   with pytest.raises(DataError, match=r"valid_CoT_2\.json:1: malformed JSON"):
     dss.read_split(str(tmp_path), "esnli", "valid")
@@ -266,8 +267,8 @@ def test_bad_cot_files(tmp_path):
   assert len(exs) == 4 and len(rats) == 3 and skipped == {"bad_completion": 1}
 
 
-def test_load_reports_skipped(tmp_path):
-  tdir = _copy_task(tmp_path, "esnli")
+def test_load_reports_skipped(dss_fixture_dir, tmp_path):
+  tdir = _copy_task(dss_fixture_dir, tmp_path, "esnli")
   _edit_line(tdir / "esnli_valid.json", 1, _set_field("label", -1))
   cfg = {"source": "dss", "task": "esnli", "path": str(tmp_path), "dev_size": 1, "on_error": "skip"}
   d = load_dataset(cfg)
@@ -283,27 +284,28 @@ def _cli(*args):
                         text=True, timeout=120)
 
 
-def test_cli_import_fixture_resumable_and_load_from_cache(tmp_path):
+def test_cli_import_fixture_resumable_and_load_from_cache(dss_fixture_dir, tmp_path):
+  fixtures = str(dss_fixture_dir)
   out = str(tmp_path / "cache")
-  r = _cli("import-dss", "--task=cqa", f"--src={FIXTURES}", "--split=all", f"--out={out}")
+  r = _cli("import-dss", "--task=cqa", f"--src={fixtures}", "--split=all", f"--out={out}")
   assert r.returncode == 0, r.stderr
   assert "cqa/train: examples 4 (4 new), rationales 4 (4 new), unparsed 2, skipped: none" in r.stdout
   assert "teacher accuracy: 0.2500 (1/4)" in r.stdout.splitlines()
-  assert "teacher accuracy: 1.0000 (2/2)" in r.stdout.splitlines()  # "(b) flame": the letter decides
-  r = _cli("import-dss", "--task=cqa", f"--src={FIXTURES}", "--split=all", f"--out={out}")
+  assert "teacher accuracy: 1.0000 (2/2)" in r.stdout.splitlines()  # "(b) resin": the letter decides
+  r = _cli("import-dss", "--task=cqa", f"--src={fixtures}", "--split=all", f"--out={out}")
   assert r.returncode == 0 and "(0 new)" in r.stdout and "(4 new)" not in r.stdout
-  cfg = {"source": "dss", "task": "cqa", "path": str(FIXTURES), "dev_size": 1}
+  cfg = {"source": "dss", "task": "cqa", "path": fixtures, "dev_size": 1}
   from_raw = load_dataset(cfg)
   from_cache = load_dataset(dict(cfg, path="", cache_dir=out))
   assert from_cache.splits == from_raw.splits and from_cache.rationales == from_raw.rationales
-  r = _cli("import-dss", "--task=esnli", f"--src={FIXTURES}", "--split=nope", f"--out={out}")
+  r = _cli("import-dss", "--task=esnli", f"--src={fixtures}", "--split=nope", f"--out={out}")
   assert r.returncode != 0 and "no file for split 'nope'" in r.stderr
   r = _cli("bogus-command")
   assert r.returncode != 0 and "import-dss" in r.stderr
 
 
-def test_cli_on_error_skip(tmp_path):
-  _copy_task(tmp_path, "svamp")
+def test_cli_on_error_skip(dss_fixture_dir, tmp_path):
+  _copy_task(dss_fixture_dir, tmp_path, "svamp")
   _edit_line(tmp_path / "svamp" / "svamp_train.json", 2, lambda l: "{not json")
   out = str(tmp_path / "cache")
   r = _cli("import-dss", "--task=svamp", f"--src={tmp_path}", "--split=train", f"--out={out}")

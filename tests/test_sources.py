@@ -38,7 +38,8 @@ def test_jsonl_fixture():
   j1, gen, j3 = d.splits["train"]
   assert j1.inputs == {"premise": "A cat sleeps on a mat.", "hypothesis": "An animal is resting."}
   assert j1.human_explanations == ("A sleeping cat is a resting animal.",) and j1.split == "train"
-  assert j3.inputs == {"premise": "Two people talk.", "hypothesis": "They are friends."}  # top-level fields
+  # top-level fields
+  assert j3.inputs == {"premise": "Two hikers chat on a ridge.", "hypothesis": "The hikers are cousins."}
   r1 = d.rationales["j1"]
   assert [(r.teacher, r.sample_index, r.teacher_answer, r.teacher_correct) for r in r1] == [
       ("jsonl", 0, "entailment", True), ("t2", 3, "neutral", False)]
