@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from jaxdistill.data.examples import Example, Rationale
+from jaxdistill.data.sources import cfg_get
 
 LABEL = 0
 RATIONALE = 1
@@ -63,17 +64,6 @@ def label_prompt(ex: Example) -> str:
 def rationale_prompt(ex: Example) -> str:
   """Source text that decodes a rationale."""
   return TASK_PREFIX[RATIONALE] + input_text(ex)
-
-
-def _get(cfg: Any, name: str, default: Any) -> Any:
-  if cfg is None:
-    return default
-  if isinstance(cfg, Mapping):
-    return cfg.get(name, default)
-  try:
-    return getattr(cfg, name)
-  except (AttributeError, KeyError):
-    return default
 
 
 def teacher_label(ex: Example, rationales: Sequence[Rationale], labels: Sequence[str] | None) -> str:
@@ -122,13 +112,13 @@ def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_
   objective.mix == "sample". Examples without any rationale of the needed kind just
   get their label record.
   """
-  name = _get(objective_config, "name", "baseline")
+  name = cfg_get(objective_config, "name", "baseline")
   if name not in OBJECTIVES:
     raise ValueError(f"config.objective.name={name!r}: expected one of {OBJECTIVES} for the seq2seq view")
-  mix = _get(objective_config, "mix", "both")
+  mix = cfg_get(objective_config, "mix", "both")
   if mix not in MIXES:
     raise ValueError(f"config.objective.mix={mix!r}: expected one of {MIXES}")
-  label_source = _get(objective_config, "label_source", "gold")
+  label_source = cfg_get(objective_config, "label_source", "gold")
   if label_source not in LABEL_SOURCES:
     raise ValueError(f"config.objective.label_source={label_source!r}: expected one of {LABEL_SOURCES}")
   rationales = list(rationales or ())
@@ -140,13 +130,13 @@ def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_
   sources: list[tuple[list[str], float]] = []
   if name in ("human", "hybrid"):
     human = [h for h in ex.human_explanations if h and h.strip()]
-    w = float(_get(objective_config, "human_weight", 1.0)) if name == "hybrid" else 1.0
+    w = float(cfg_get(objective_config, "human_weight", 1.0)) if name == "hybrid" else 1.0
     if human and w > 0:
       sources.append((human, w))
   if name in ("cot", "hybrid"):
-    teacher = [r.rationale for r in select_teacher(rationales, _get(objective_config, "rationales", "all"))
+    teacher = [r.rationale for r in select_teacher(rationales, cfg_get(objective_config, "rationales", "all"))
                if r.rationale and r.rationale.strip()]
-    w = float(_get(objective_config, "teacher_weight", 1.0)) if name == "hybrid" else 1.0
+    w = float(cfg_get(objective_config, "teacher_weight", 1.0)) if name == "hybrid" else 1.0
     if teacher and w > 0:
       sources.append((teacher, w))
   if not sources:
@@ -183,8 +173,8 @@ def epoch_records(examples: Sequence[Example], rationales: Mapping[str, Sequence
 
 def resamples_per_epoch(objective_config: Any) -> bool:
   """True when the records differ between epochs (mix="sample" with rationales in play)."""
-  return (_get(objective_config, "mix", "both") == "sample"
-          and _get(objective_config, "name", "baseline") != "baseline")
+  return (cfg_get(objective_config, "mix", "both") == "sample"
+          and cfg_get(objective_config, "name", "baseline") != "baseline")
 
 
 def records_per_epoch(examples: Sequence[Example], rationales: Mapping[str, Sequence[Rationale]],

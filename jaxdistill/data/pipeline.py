@@ -30,7 +30,7 @@ import atexit
 import collections
 import threading
 import weakref
-from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import grain
 import numpy as np
