@@ -26,6 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.max_source_len = 64
   data.max_target_len = 32
   data.packing = True
+  data.packer = "first_fit"  # first_fit (grain) | pool (fills both budgets; see data/pipeline.py)
   data.demo = ml_collections.ConfigDict()
   data.demo.num_train = 4000
   data.demo.num_dev = 300

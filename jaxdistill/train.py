@@ -178,7 +178,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                 seed=config.data.seed), tokenizer,
       per_host_batch_size=config.train.batch_size // process_count,
       max_source_len=config.data.max_source_len, max_target_len=config.data.max_target_len,
-      packing=config.data.packing, seed=config.data.seed,
+      packing=config.data.packing, packer=config.data.packer, seed=config.data.seed,
       process_index=jax.process_index(), process_count=process_count)
 
   manager = checkpoint.make_manager(

@@ -9,13 +9,28 @@ Training stream (per host):
     [process_index::process_count]   hosts split the *global* stream: disjoint, covering
     .map(tokenize)               truncate, EOS, decoder inputs shifted right (start = pad)
     .to_iter_dataset()
-    FirstFitPackIterDataset      (packing=True) both length budgets at once; or pad
+    pack (packing=True) both length budgets at once, or pad
     .batch(per_host_batch_size, drop_remainder=True)
 
 Everything before packing is index-addressed, so the iterator state is tiny (a next
-index plus the packer's row counters) and `get_state()/set_state()` resume exactly;
-the iterator is also an Orbax checkpointable (grain's `save`/`load` protocol and
+index plus the packer's own state) and `get_state()/set_state()` resume exactly; the
+iterator is also an Orbax checkpointable (grain's `save`/`load` protocol and
 `grain.checkpoint.CheckpointSave/Restore`).
+
+Packers (`packer=`):
+  "pool"            `PoolPackIterDataset`: keeps a pool of the next `num_packing_bins`
+                    records (default max(64, batch size)); each row starts with the
+                    oldest record and is completed by the subset of the pool that fills
+                    the most of *both* remaining budgets (exact 2-D subset sum). A record
+                    waits at most pool-size rows. State: the pool's stream indices.
+  "first_fit" (default for now: the pool packer's effect on training speed is not yet
+                    measured) grain's FirstFitPackIterDataset with `num_packing_bins` bins (default
+                    the batch size): all bins are emitted as soon as one record fits none.
+Why "pool": a row has two budgets (encoder, decoder) and Seq2Seq records come in two
+shapes (label records: long source, ~2 target tokens; rationale records: the same source,
+a long target), so first fit saturates one budget per row and strands the other; more bins
+barely help (e-SNLI cot, 216/48: first fit 86%/87% encoder/decoder with 64 bins, 87%/87%
+with 1024; pool of 64: 98%/99%). See benchmarks/packing.py.
 
 Packing: each (source, target) pair occupies one segment of a row in both the
 encoder and the decoder streams with the same segment id (1..n), positions restart
@@ -205,12 +220,155 @@ class _RenamePacked(grain.transforms.Map):
     }
 
 
+def _best_fill(sizes: Sequence[tuple[int, int]], room_s: int, room_t: int) -> list[int]:
+  """Indices into `sizes` of a subset whose summed (source, target) lengths fit in
+  (room_s, room_t) and whose total token count is the largest; ties prefer earlier items.
+
+  Exact 2-D subset sum over the reachable (source, target) totals, kept as a bitset in a
+  Python int (bit a * width + b <=> total (a, b) reachable; width 2 * (room_t + 1) so that a
+  target overflow lands in the gap and is masked off instead of wrapping to the next row).
+  """
+  if not sizes:
+    return []
+  width = 2 * (room_t + 1)
+  row = (1 << (room_t + 1)) - 1
+  valid = sum(row << (a * width) for a in range(room_s + 1))  # bits with a <= room_s, b <= room_t
+  full = room_s * width + room_t
+  reach, snapshots = 1, []
+  for s, t in sizes:
+    snapshots.append(reach)
+    if s <= room_s and t <= room_t:  # else (t > room_t) the shift could wrap a row
+      reach |= (reach << (s * width + t)) & valid
+    if (reach >> full) & 1:  # both budgets filled exactly: nothing can do better
+      break
+  nbytes = (reach.bit_length() + 7) // 8
+  bits = np.unpackbits(np.frombuffer(reach.to_bytes(nbytes, "little"), np.uint8), bitorder="little")
+  pos = np.flatnonzero(bits)
+  tokens = pos // width + pos % width  # a + b
+  best = int(pos[np.flatnonzero(tokens == tokens.max())[-1]])  # ties: the most source tokens
+  chosen = []
+  for j in range(len(snapshots) - 1, -1, -1):
+    if (snapshots[j] >> best) & 1:
+      continue  # reachable without item j
+    chosen.append(j)
+    best -= sizes[j][0] * width + sizes[j][1]
+  assert best == 0, best
+  return chosen[::-1]
+
+
+def _pack_row(parts: Sequence[dict[str, np.ndarray]], max_source_len: int, max_target_len: int,
+              pad_id: int) -> dict[str, np.ndarray]:
+  """Records' features -> one packed row (segments 1..n in order, positions per segment)."""
+  out = {}
+  for name, (stream, dtype) in _FEATURES.items():
+    length = max_source_len if stream == "source" else max_target_len
+    value = pad_id if name.endswith("_ids") and name != "decoder_task_ids" else 0
+    row = np.full((length,), value, dtype)
+    vals = np.concatenate([p[name] for p in parts]).astype(dtype)
+    row[:len(vals)] = vals
+    out[name] = row
+  for prefix, anchor, length in (("encoder", "encoder_input_ids", max_source_len),
+                                 ("decoder", "decoder_target_ids", max_target_len)):
+    seg, posn = np.zeros((length,), np.int32), np.zeros((length,), np.int32)
+    start = 0
+    for i, p in enumerate(parts):
+      n = len(p[anchor])
+      seg[start:start + n] = i + 1
+      posn[start:start + n] = np.arange(n, dtype=np.int32)
+      start += n
+    out[f"{prefix}_segment_ids"], out[f"{prefix}_positions"] = seg, posn
+  return {k: out[k] for k in BATCH_KEYS}
+
+
+class PoolPackIterDataset(grain.IterDataset):
+  """Packs tokenized records into rows of (max_source_len, max_target_len) from a pool.
+
+  `parent` is the IterDataset of unpadded records (read sequentially, with its own
+  read-ahead) and `records` the MapDataset it came from (`records[i]` is the i-th record
+  of the stream; used to rebuild the pool on `set_state`). Each row: the oldest pooled
+  record plus the pool subset (`_best_fill`) that fills the most remaining tokens. Fully
+  deterministic; the state is the parent's state plus the pool's stream indices.
+  """
+
+  def __init__(self, parent: grain.IterDataset, records: grain.MapDataset, *, max_source_len: int,
+               max_target_len: int, pool_size: int, pad_id: int):
+    super().__init__(parent)
+    if pool_size <= 0:
+      raise ValueError(f"pool_size={pool_size} must be positive")
+    self._records = records
+    self._max_source_len, self._max_target_len = max_source_len, max_target_len
+    self._pool_size, self._pad_id = pool_size, pad_id
+
+  def __iter__(self) -> "_PoolPackIterator":
+    return _PoolPackIterator(self._parent.__iter__(), self._records, self._max_source_len,
+                             self._max_target_len, self._pool_size, self._pad_id)
+
+  def __str__(self) -> str:
+    return f"PoolPackIterDataset(pool_size={self._pool_size})"
+
+
+class _PoolPackIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator, records: grain.MapDataset, max_source_len: int,
+               max_target_len: int, pool_size: int, pad_id: int):
+    super().__init__(parent)
+    self._records = records
+    self._max_source_len, self._max_target_len = max_source_len, max_target_len
+    self._pool_size, self._pad_id = pool_size, pad_id
+    self._pool: list[tuple[int, dict[str, np.ndarray]]] = []  # (stream index, features), oldest first
+    self._next = 0  # stream index of the parent's next record
+    self._exhausted = False
+
+  def _refill(self) -> None:
+    while not self._exhausted and len(self._pool) < self._pool_size:
+      try:
+        feats = next(self._parent)
+      except StopIteration:
+        self._exhausted = True
+        return
+      self._pool.append((self._next, feats))
+      self._next += 1
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    self._refill()
+    if not self._pool:
+      raise StopIteration
+    sizes = [(len(f["encoder_input_ids"]), len(f["decoder_target_ids"])) for _, f in self._pool]
+    room_s = self._max_source_len - sizes[0][0]
+    room_t = self._max_target_len - sizes[0][1]
+    fits = [k for k in range(1, len(sizes)) if sizes[k][0] <= room_s and sizes[k][1] <= room_t]
+    take = [0] + [fits[j] for j in _best_fill([sizes[k] for k in fits], room_s, room_t)]
+    row = _pack_row([self._pool[k][1] for k in take], self._max_source_len, self._max_target_len,
+                    self._pad_id)
+    taken = set(take)
+    self._pool = [p for k, p in enumerate(self._pool) if k not in taken]
+    return row
+
+  def get_state(self) -> dict:
+    return {"parent": self._parent.get_state(), "next": self._next,
+            "pool": [i for i, _ in self._pool]}
+
+  def set_state(self, state: dict) -> None:
+    self._parent.set_state(state["parent"])
+    self._next = int(state["next"])
+    self._pool = [(int(i), self._records[int(i)]) for i in state["pool"]]
+    self._exhausted = False
+
+  def __str__(self) -> str:
+    return f"PoolPackDatasetIterator(pool_size={self._pool_size})"
+
+
+PACKERS = ("pool", "first_fit")
+
+
 def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch_size: int,
                        max_source_len: int, max_target_len: int, packing: bool = True, seed: int = 0,
                        process_index: int = 0, process_count: int = 1,
                        num_epochs: int | None = None, num_packing_bins: int | None = None,
-                       num_threads: int = 0, prefetch: int = 2) -> grain.IterDataset:
+                       num_threads: int = 0, prefetch: int = 2, packer: str = "first_fit") -> grain.IterDataset:
   """The training IterDataset (see module docstring); `iter()` it or use make_train_iterator."""
+  if packer not in PACKERS:
+    raise ValueError(f"packer={packer!r}: expected one of {PACKERS}")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
   if per_host_batch_size <= 0:
@@ -222,7 +380,11 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
   ds = ds.map(_Tokenize(epoch_records, tokenizer, max_source_len, max_target_len))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(
       2 * per_host_batch_size, 64) if num_threads else 0))
-  if packing:
+  if packing and packer == "pool":
+    it = PoolPackIterDataset(it, ds, max_source_len=max_source_len, max_target_len=max_target_len,
+                             pool_size=num_packing_bins or max(per_host_batch_size, 64),
+                             pad_id=tokenizer.pad_id)
+  elif packing:
     lengths = {name: max_source_len if stream == "source" else max_target_len
                for name, (stream, _) in _FEATURES.items()}
     padding = {name: tokenizer.pad_id if name in ("encoder_input_ids", "decoder_input_ids", "decoder_target_ids")
@@ -242,13 +404,15 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
 def make_train_iterator(records: Records, tokenizer: Tokenizer, *, per_host_batch_size: int,
                         max_source_len: int, max_target_len: int, packing: bool = True, seed: int = 0,
                         process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
-                        num_packing_bins: int | None = None, num_threads: int = 0, prefetch: int = 2
-                        ) -> grain.DatasetIterator:
+                        num_packing_bins: int | None = None, num_threads: int = 0, prefetch: int = 2,
+                        packer: str = "first_fit") -> grain.DatasetIterator:
   """A checkpointable iterator of per-host Batch dicts ([per_host_batch_size, L] numpy arrays).
 
   `records` is a fixed sequence or `epoch -> records` (same length every epoch), e.g.
-  `formats.records_per_epoch(...)`. `num_packing_bins` (default: the batch size) trades
-  packing density against how far records move from their shuffled order. `prefetch`
+  `formats.records_per_epoch(...)`. `packer` is "pool" (default) or "first_fit" (module
+  docstring); `num_packing_bins` is the pool size (default max(64, batch size)) or the
+  number of first-fit bins (default the batch size): it trades packing density against
+  how far records move from their shuffled order (at most that many rows). `prefetch`
   batches are built ahead in a thread (0: none); for heavier pipelines wrap the dataset
   from `make_train_dataset` in grain's `mp_prefetch` (every transform here pickles).
   """
@@ -256,7 +420,7 @@ def make_train_iterator(records: Records, tokenizer: Tokenizer, *, per_host_batc
       records, tokenizer, per_host_batch_size=per_host_batch_size, max_source_len=max_source_len,
       max_target_len=max_target_len, packing=packing, seed=seed, process_index=process_index,
       process_count=process_count, num_epochs=num_epochs, num_packing_bins=num_packing_bins,
-      num_threads=num_threads, prefetch=prefetch))
+      num_threads=num_threads, prefetch=prefetch, packer=packer))
   if prefetch > 0:
     atexit.register(_close_at_exit, weakref.ref(it))
   return it
@@ -300,8 +464,8 @@ def make_eval_batches(records: Sequence[Seq2SeqRecord], tokenizer: Tokenizer, ba
 
 
 def packing_efficiency(batches: Iterable[Batch]) -> dict[str, float]:
-  """Fraction of non-pad tokens (segment id != 0) in the encoder and decoder streams,
-  and records per row (segments), over `batches`."""
+  """Fraction of non-pad tokens (segment id != 0) in the encoder and decoder streams and
+  in both together ("combined"), and records per row (segments), over `batches`."""
   enc = dec = enc_total = dec_total = segments = rows = 0
   for b in batches:
     enc += int(np.count_nonzero(b["encoder_segment_ids"]))
@@ -311,8 +475,9 @@ def packing_efficiency(batches: Iterable[Batch]) -> dict[str, float]:
     segments += int(np.sum(np.max(b["decoder_segment_ids"], axis=1)))
     rows += b["decoder_segment_ids"].shape[0]
   if not rows:
-    return {"encoder": 0.0, "decoder": 0.0, "records_per_row": 0.0}
-  return {"encoder": enc / enc_total, "decoder": dec / dec_total, "records_per_row": segments / rows}
+    return {"encoder": 0.0, "decoder": 0.0, "combined": 0.0, "records_per_row": 0.0}
+  return {"encoder": enc / enc_total, "decoder": dec / dec_total,
+          "combined": (enc + dec) / (enc_total + dec_total), "records_per_row": segments / rows}
 
 
 def take(iterator: Iterator[Batch], n: int) -> list[Batch]:

@@ -1,0 +1,464 @@
+"""Training throughput: jaxdistill's multi-task train step vs the PyTorch reference recipe.
+
+    python benchmarks/train_throughput.py [--preset t5-small] [--batch_size 16] [--steps 5] [--windows 3]
+
+jaxdistill side: the real thing. `configs/cot.py` (Distilling Step-by-Step, alpha=0.5), real e-SNLI
+(DSS release, `valid` split, 9,842 examples + PaLM-540B rationales), the trained BPE tokenizer,
+`train.build_student` + `train.make_train_step` on a 1-device mesh from `partitioning.make_mesh`,
+batches from `pipeline.make_train_iterator` (Grain, packing on, prefetch thread) over
+`formats.records_per_epoch`. `--batch_size` is the config's `train.batch_size`: packed *rows*.
+
+Reference side: the Distilling Step-by-Step recipe (google-research/distilling-step-by-step,
+`TaskPrefixTrainer`) written with transformers' PyTorch `T5ForConditionalGeneration` of the same shape
+(config fields copied from the jaxdistill T5Config, untied LM head, same initial weights), the same
+tokenizer and the same token ids (`pipeline.tokenize_record`: same truncation, same EOS). Per step: B
+examples -> `DataCollatorForSeq2Seq` (pad to the longest in the batch, labels padded with -100) twice
+("[label] ..." -> label, "[rationale] ..." -> rationale), two forward passes,
+loss = alpha*l1 + (1-alpha)*l2, one backward, clip_grad_norm_(1.0), AdamW (fused: the HF Trainer default
+`adamw_torch_fused`). Texts are tokenized up front, as the reference does with `datasets.map`.
+`torch.set_num_threads(os.cpu_count())`.
+
+Equal work: B (reference examples per step) is set to the mean number of *examples* a jaxdistill packed
+batch holds (label segments, task id LABEL, counted over 200 batches of a separate iterator), unless
+`--ref_batch_size` is given. Throughput is reported in examples/s (an example = one label + one rationale
+record; jaxdistill: label segments consumed) and useful tokens/s (non-pad source + target tokens).
+
+Timing: one process; after compilation (timed and printed, excluded) and warm-up steps, timed windows of
+`--steps` steps alternate between the two sides (the side that goes first alternates too), so machine
+load drifts hit both. No host sync inside a jaxdistill window: only the window's last state is
+`jax.block_until_ready`-ed. The ratio is jaxdistill / reference of the summed examples / summed seconds.
+
+Memory: `jax.devices()[0].memory_stats()` is None on CPU, so each side runs once more in its own
+subprocess (`--memory`, default on): RSS before the model exists (framework + data + tokenizer), peak RSS
+including compilation/warm-up, then the peak is reset (`/proc/self/clear_refs` = 5) and the peak RSS of
+`--memory_steps` training steps is read from VmHWM. Reported: steady-state training peak minus the
+pre-model RSS (parameters, optimizer state, activations, workspaces, allocator slack).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "dss", "esnli")
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--preset", default="t5-small", help="t5-tiny | t5-mini | t5-small | t5-base")
+  p.add_argument("--batch_size", type=int, default=16, help="jaxdistill packed rows per step (train.batch_size)")
+  p.add_argument("--ref_batch_size", type=int, default=0,
+                 help="reference examples per step (0: the mean examples per jaxdistill batch)")
+  p.add_argument("--steps", type=int, default=5, help="timed steps per window per side")
+  p.add_argument("--windows", type=int, default=3, help="timed windows per side (alternating)")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps per side after compilation")
+  p.add_argument("--max_source_len", type=int, default=64)
+  p.add_argument("--max_target_len", type=int, default=32)
+  p.add_argument("--dtype", default="float32", help="jaxdistill activation dtype (config model.dtype)")
+  p.add_argument("--data", default=DEFAULT_DATA, help="DSS e-SNLI directory")
+  p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                 help="measure peak RSS per side in a subprocess")
+  p.add_argument("--memory_steps", type=int, default=3)
+  p.add_argument("--skip_reference", action="store_true", help="jaxdistill side only")
+  p.add_argument("--json", default="", help="also write the results here")
+  p.add_argument("--_probe", default="", help=argparse.SUPPRESS)  # jax | torch (memory subprocess)
+  p.add_argument("--_tokenizer_dir", default="", help=argparse.SUPPRESS)
+  return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- shared set-up
+
+
+def make_config(args):
+  from configs import cot
+  config = cot.get_config()
+  config.model.preset = args.preset
+  config.model.dtype = args.dtype
+  config.train.batch_size = args.batch_size
+  config.data.max_source_len = args.max_source_len
+  config.data.max_target_len = args.max_target_len
+  config.mesh.data = 1  # one device
+  return config
+
+
+def load_data(args, config, tokenizer_dir: str | None = None):
+  """(examples, rationales by id, labels, tokenizer) of e-SNLI valid, as the benchmark uses them."""
+  from jaxdistill.data import formats
+  from jaxdistill.data import tokenizer as tokenizer_lib
+  from jaxdistill.data.sources import dss, group_rationales
+  examples, rationales, _ = dss.read_split(args.data, "esnli", "valid")
+  by_id = group_rationales(rationales)
+  labels = list(dss.NLI_LABELS)
+  tok = tokenizer_lib.load_tokenizer(
+      config.model.tokenizer, texts=formats.tokenizer_corpus(examples, by_id, labels),
+      save_dir=tokenizer_dir or None, vocab_size=int(config.model.vocab_size))
+  return examples, by_id, labels, tok
+
+
+def batch_counts(batch) -> tuple[int, int, int]:
+  """(label segments, rationale segments, useful tokens) of a numpy Batch (packed or padded)."""
+  from jaxdistill.data.formats import LABEL, RATIONALE
+  dec_seg = batch["decoder_segment_ids"]
+  starts = (batch["decoder_positions"] == 0) & (dec_seg > 0)
+  task = batch["decoder_task_ids"]
+  tokens = int(np.count_nonzero(batch["encoder_segment_ids"])) + int(np.count_nonzero(dec_seg))
+  return (int(np.count_nonzero(starts & (task == LABEL))), int(np.count_nonzero(starts & (task == RATIONALE))),
+          tokens)
+
+
+def rss_kb(field: str = "VmRSS") -> int:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1])
+  return -1
+
+
+def reset_peak_rss() -> bool:
+  """Returns freed heap to the OS (malloc_trim), then resets VmHWM to the current RSS."""
+  try:
+    import ctypes
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+    return True
+  except OSError:
+    return False
+
+
+# --------------------------------------------------------------------------- jaxdistill side
+
+
+class JaxSide:
+  name = "jaxdistill"
+
+  def __init__(self, config, examples, by_id, labels, tok):
+    import jax
+    from jaxdistill import partitioning, train
+    from jaxdistill.data import formats, pipeline
+    self.jax, self.partitioning = jax, partitioning
+    self.config, self._tok = config, tok
+    self.mesh = partitioning.make_mesh(config.mesh)
+    self.records = formats.records_per_epoch(examples, by_id, config.objective, labels, seed=config.data.seed)
+    self.student, self.state = train.build_student(config, tok.vocab_size, self.mesh)
+    self.n_params = sum(x.size for x in jax.tree.leaves(self.student.params(self.state)))
+    self.train_step = train.make_train_step(self.student, config, self.mesh)
+
+    def iterator():
+      return pipeline.make_train_iterator(
+          self.records, tok, per_host_batch_size=config.train.batch_size,
+          max_source_len=config.data.max_source_len, max_target_len=config.data.max_target_len,
+          packing=config.data.packing, seed=config.data.seed)
+    self.make_iterator = iterator
+    self.iter = iterator()
+
+  def examples_per_batch(self, n_batches: int = 200) -> dict:
+    """Mean label/rationale segments and tokens per batch, from a separate iterator (same stream)."""
+    from jaxdistill.data import pipeline
+    it = self.make_iterator()
+    batches = pipeline.take(it, n_batches)
+    counts = np.array([batch_counts(b) for b in batches], np.float64)
+    eff = pipeline.packing_efficiency(batches)
+    it.close()
+    return dict(label=counts[:, 0].mean(), rationale=counts[:, 1].mean(), tokens=counts[:, 2].mean(), **eff)
+
+  def compile(self) -> float:
+    batch = self.partitioning.global_batch(next(self.iter), self.mesh)
+    t0 = time.perf_counter()
+    self.compiled = self.train_step.lower(self.state, batch).compile()
+    seconds = time.perf_counter() - t0
+    cost = self.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    self.xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    try:
+      m = self.compiled.memory_analysis()
+      self.xla_memory = dict(arguments_mb=m.argument_size_in_bytes / 2**20, outputs_mb=m.output_size_in_bytes / 2**20,
+                             aliased_mb=m.alias_size_in_bytes / 2**20, temp_mb=m.temp_size_in_bytes / 2**20)
+    except Exception:  # noqa: BLE001 (not every backend implements it)
+      self.xla_memory = None
+    # Steps call the AOT executable: `jit(...).lower().compile()` does not fill jit's own cache.
+    self.state, _ = self.compiled(self.state, batch)
+    self.jax.block_until_ready(self.state)
+    return seconds
+
+  def run(self, steps: int) -> dict:
+    examples = rationales = tokens = 0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      local = next(self.iter)
+      n_label, n_rationale, n_tokens = batch_counts(local)
+      examples += n_label
+      rationales += n_rationale
+      tokens += n_tokens
+      self.state, _ = self.compiled(self.state, self.partitioning.global_batch(local, self.mesh))
+    self.jax.block_until_ready(self.state)
+    return dict(seconds=time.perf_counter() - t0, examples=examples, rationales=rationales, tokens=tokens,
+                steps=steps)
+
+  def hf_state_dict(self):
+    from jaxdistill.models import t5
+    return t5.to_hf_t5_state_dict(self.student.model(self.state))
+
+
+# --------------------------------------------------------------------------- reference side
+
+
+def hf_config(model_config):
+  """transformers.T5Config with the jaxdistill T5Config's shape (untied head: v1.1 / jaxdistill)."""
+  import transformers
+  c = model_config
+  return transformers.T5Config(
+      vocab_size=c.vocab_size, d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff, num_heads=c.num_heads,
+      num_layers=c.num_encoder_layers, num_decoder_layers=c.num_decoder_layers,
+      relative_attention_num_buckets=c.relative_attention_num_buckets,
+      relative_attention_max_distance=c.relative_attention_max_distance, dropout_rate=c.dropout_rate,
+      layer_norm_epsilon=c.layer_norm_epsilon, feed_forward_proj=c.feed_forward_proj,
+      tie_word_embeddings=c.tie_word_embeddings, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+
+class TorchSide:
+  name = "reference"
+
+  def __init__(self, config, examples, by_id, labels, tok, batch_size: int, state_dict=None, seed: int = 0):
+    import torch
+    import transformers
+    from jaxdistill.data import formats, pipeline
+    from jaxdistill.models import t5
+    self.torch = torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(seed)
+    model_config = t5.get_config(config.model.preset, vocab_size=tok.vocab_size,
+                                 dropout_rate=float(config.model.dropout_rate))
+    model = transformers.T5ForConditionalGeneration(hf_config(model_config))
+    if not model_config.tie_word_embeddings:
+      # transformers v5 ties lm_head to shared even for v1.1 configs: untie, like jaxdistill's student.
+      model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    if state_dict is not None:
+      missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()},
+                                                  strict=False)
+      if [m for m in missing if "embed_tokens" not in m] or unexpected:
+        raise ValueError(f"state dict mismatch: missing={missing} unexpected={unexpected}")
+    model.train()
+    self.model = model
+    self.n_params = sum(p.numel() for p in model.parameters())
+    self.alpha = float(config.objective.alpha)
+    try:
+      self.opt = torch.optim.AdamW(model.parameters(), lr=float(config.train.learning_rate), betas=(0.9, 0.98),
+                                   weight_decay=float(config.train.weight_decay), fused=True)
+      self.optimizer_kind = "AdamW(fused=True)"
+    except (RuntimeError, TypeError, ValueError):
+      self.opt = torch.optim.AdamW(model.parameters(), lr=float(config.train.learning_rate), betas=(0.9, 0.98),
+                                   weight_decay=float(config.train.weight_decay))
+      self.optimizer_kind = "AdamW"
+    self.clip = float(config.train.grad_clip_norm)
+    self.collator = transformers.DataCollatorForSeq2Seq(tok.hf, model=model, label_pad_token_id=-100,
+                                                        padding="longest", return_tensors="pt")
+    # Tokenized up front (the reference's datasets.map), same ids as the jaxdistill pipeline.
+    ls, lt = config.data.max_source_len, config.data.max_target_len
+    pairs = []
+    for ex in examples:
+      recs = formats.records_for_example(ex, by_id.get(ex.id, ()), config.objective, labels)
+      label = next(r for r in recs if r.task_id == formats.LABEL)
+      rationale = next((r for r in recs if r.task_id == formats.RATIONALE), None)
+      if rationale is None:
+        continue
+      feats = [pipeline.tokenize_record(r, tok, ls, lt) for r in (label, rationale)]
+      pairs.append([{"input_ids": f["encoder_input_ids"].tolist(), "labels": f["decoder_target_ids"].tolist()}
+                    for f in feats])
+    self.pairs = pairs
+    self.batch_size = batch_size
+    self.rng = np.random.default_rng(seed)
+    self.order, self.pos = self.rng.permutation(len(pairs)), 0
+
+  def _indices(self):
+    if self.pos + self.batch_size > len(self.order):
+      self.order, self.pos = self.rng.permutation(len(self.pairs)), 0
+    idx = self.order[self.pos:self.pos + self.batch_size]
+    self.pos += self.batch_size
+    return idx
+
+  def step(self) -> int:
+    idx = self._indices()
+    label_batch = self.collator([self.pairs[i][0] for i in idx])
+    rationale_batch = self.collator([self.pairs[i][1] for i in idx])
+    l1 = self.model(**label_batch).loss
+    l2 = self.model(**rationale_batch).loss
+    loss = self.alpha * l1 + (1.0 - self.alpha) * l2
+    loss.backward()
+    if self.clip > 0:
+      self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+    self.opt.step()
+    self.opt.zero_grad(set_to_none=True)
+    tokens = 0
+    for b in (label_batch, rationale_batch):
+      tokens += int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum())
+    self.last_loss = loss
+    return tokens
+
+  def compile(self) -> float:
+    return 0.0
+
+  def run(self, steps: int) -> dict:
+    tokens = 0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      tokens += self.step()
+    self.last_loss.detach().item()
+    n = steps * self.batch_size
+    return dict(seconds=time.perf_counter() - t0, examples=n, rationales=n, tokens=tokens, steps=steps)
+
+
+# --------------------------------------------------------------------------- memory probe (subprocess)
+
+
+def probe(args) -> dict:
+  config = make_config(args)
+  examples, by_id, labels, tok = load_data(args, config, args._tokenizer_dir)
+  if args._probe == "jax":
+    import jax  # noqa: F401  (imported before the baseline, like torch below)
+    from jaxdistill import train  # noqa: F401  (clu, TensorFlow: framework, not training memory)
+  else:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+  base = rss_kb()
+  if args._probe == "jax":
+    side = JaxSide(config, examples, by_id, labels, tok)
+    side.compile()
+  else:
+    side = TorchSide(config, examples, by_id, labels, tok, batch_size=args.ref_batch_size)
+  side.run(args.warmup)
+  peak_with_compile = rss_kb("VmHWM")
+  reset_ok = reset_peak_rss()
+  side.run(args.memory_steps)
+  return dict(side=args._probe, base_rss_mb=base / 1024, peak_rss_incl_compile_mb=peak_with_compile / 1024,
+              peak_rss_train_mb=rss_kb("VmHWM") / 1024, peak_reset=reset_ok,
+              train_delta_mb=(rss_kb("VmHWM") - base) / 1024)
+
+
+def run_probe(args, side: str, tokenizer_dir: str, ref_batch_size: int) -> dict | None:
+  cmd = [sys.executable, os.path.abspath(__file__), "--_probe", side, "--_tokenizer_dir", tokenizer_dir,
+         "--preset", args.preset, "--batch_size", str(args.batch_size), "--ref_batch_size", str(ref_batch_size),
+         "--max_source_len", str(args.max_source_len), "--max_target_len", str(args.max_target_len),
+         "--dtype", args.dtype, "--data", args.data, "--warmup", str(args.warmup),
+         "--memory_steps", str(args.memory_steps)]
+  out = subprocess.run(cmd, capture_output=True, text=True)
+  for line in out.stdout.splitlines():
+    if line.startswith("PROBE_RESULT "):
+      return json.loads(line[len("PROBE_RESULT "):])
+  print(f"memory probe {side} failed (rc={out.returncode}):\n{out.stderr[-2000:]}", file=sys.stderr)
+  return None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def summarize(windows: list[dict]) -> dict:
+  seconds = sum(w["seconds"] for w in windows)
+  examples = sum(w["examples"] for w in windows)
+  return dict(seconds=seconds, examples=examples, steps=sum(w["steps"] for w in windows),
+              examples_per_s=examples / seconds, tokens_per_s=sum(w["tokens"] for w in windows) / seconds,
+              window_examples_per_s=[w["examples"] / w["seconds"] for w in windows],
+              step_s=seconds / sum(w["steps"] for w in windows))
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args._probe:
+    print("PROBE_RESULT " + json.dumps(probe(args)), flush=True)
+    return
+  import jax
+  import torch
+  import transformers
+
+  config = make_config(args)
+  t0 = time.perf_counter()
+  tokenizer_dir = tempfile.mkdtemp(prefix="jaxdistill_bench_tok_")
+  examples, by_id, labels, tok = load_data(args, config, tokenizer_dir)
+  print(f"data: e-SNLI valid {len(examples)} examples, {sum(len(v) for v in by_id.values())} PaLM rationales; "
+        f"tokenizer {tok} ({time.perf_counter() - t0:.1f}s)", flush=True)
+  print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.devices()[0].platform}), torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}; "
+        f"load average {os.getloadavg()[0]:.2f}", flush=True)
+
+  jx = JaxSide(config, examples, by_id, labels, tok)
+  per_batch = jx.examples_per_batch()
+  ref_b = args.ref_batch_size or max(1, int(round(per_batch["label"])))
+  print(f"jaxdistill: {args.preset} {jx.n_params / 1e6:.2f}M params, batch {args.batch_size} packed rows "
+        f"[{args.max_source_len}|{args.max_target_len}] = {per_batch['label']:.2f} examples "
+        f"({per_batch['label']:.2f} label + {per_batch['rationale']:.2f} rationale records) per step; "
+        f"packing: encoder {per_batch['encoder']:.1%} / decoder {per_batch['decoder']:.1%} non-pad, "
+        f"{per_batch['records_per_row']:.2f} records/row", flush=True)
+  sides = [jx]
+  if not args.skip_reference:
+    ref = TorchSide(config, examples, by_id, labels, tok, batch_size=ref_b, state_dict=jx.hf_state_dict(),
+                    seed=config.data.seed)
+    print(f"reference: HF T5ForConditionalGeneration {ref.n_params / 1e6:.2f}M params, {ref_b} examples per "
+          f"step (2 padded passes), {ref.optimizer_kind}", flush=True)
+    sides.append(ref)
+
+  compile_s = jx.compile()
+  print(f"jaxdistill compile: {compile_s:.1f}s (excluded); XLA cost analysis {jx.xla_flops / 1e9:.1f} GFLOP/step",
+        flush=True)
+  if jx.xla_memory:
+    m = jx.xla_memory
+    print(f"jaxdistill XLA memory_analysis: arguments {m['arguments_mb']:.0f} MB (state + batch, donated: "
+          f"{m['aliased_mb']:.0f} MB aliased to outputs), temporaries {m['temp_mb']:.0f} MB", flush=True)
+  for side in sides:
+    side.run(args.warmup)
+  results = {side.name: [] for side in sides}
+  for w in range(args.windows):
+    order = sides if w % 2 == 0 else sides[::-1]
+    for side in order:
+      r = side.run(args.steps)
+      results[side.name].append(r)
+      print(f"  window {w} {side.name:10s}: {r['steps']} steps {r['seconds']:6.2f}s  "
+            f"{r['examples'] / r['seconds']:6.2f} examples/s  {r['tokens'] / r['seconds']:8.0f} tokens/s", flush=True)
+
+  summary = {name: summarize(ws) for name, ws in results.items()}
+  memory = {}
+  if args.memory:
+    memory["jaxdistill"] = run_probe(args, "jax", tokenizer_dir, ref_b)
+    if not args.skip_reference:
+      memory["reference"] = run_probe(args, "torch", tokenizer_dir, ref_b)
+
+  print()
+  print(f"preset {args.preset}, jaxdistill batch {args.batch_size} rows, reference batch {ref_b} examples, "
+        f"{args.windows} x {args.steps} timed steps per side; load average {os.getloadavg()[0]:.2f}")
+  header = f"{'side':12s} {'step s':>7s} {'examples/s':>11s} {'tokens/s':>9s} {'train peak RSS - pre-model RSS':>31s}"
+  print(header)
+  for name, s in summary.items():
+    m = memory.get(name)
+    mem = (f"{m['train_delta_mb']:.0f} MB (abs {m['peak_rss_train_mb']:.0f}, incl. compile "
+           f"{m['peak_rss_incl_compile_mb']:.0f})") if m else "n/a"
+    print(f"{name:12s} {s['step_s']:7.3f} {s['examples_per_s']:11.2f} {s['tokens_per_s']:9.0f} {mem:>31s}")
+  if "reference" in summary:
+    ratio = summary["jaxdistill"]["examples_per_s"] / summary["reference"]["examples_per_s"]
+    pair = [a / b for a, b in zip(summary["jaxdistill"]["window_examples_per_s"],
+                                  summary["reference"]["window_examples_per_s"])]
+    tok_ratio = summary["jaxdistill"]["tokens_per_s"] / summary["reference"]["tokens_per_s"]
+    print(f"ratio jaxdistill/reference: examples/s {ratio:.2f}x (per-window {', '.join(f'{x:.2f}' for x in pair)}), "
+          f"useful tokens/s {tok_ratio:.2f}x")
+    summary["ratio_examples_per_s"] = ratio
+  summary.update(xla_memory=jx.xla_memory, compile_s=compile_s, xla_gflop_per_step=jx.xla_flops / 1e9, ref_batch_size=ref_b,
+                 per_batch=per_batch, memory=memory, args=vars(args))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(summary, f, indent=2, default=float)
+
+
+if __name__ == "__main__":
+  main()
