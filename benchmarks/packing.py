@@ -112,9 +112,9 @@ def main(argv=None) -> None:
           f"{ls}/{lt} (ratio {ls / lt:.2f}; {100 * trunc:.2f}% of records truncated)")
     runs = [
         ("no packing (pad)", dict(ls=pad_ls, lt=pad_lt, packing=False)),
-        (f"first_fit, {b} bins (old default)", dict(ls=ls, lt=lt, packing=True, packer="first_fit")),
+        (f"first_fit, {b} bins (default)", dict(ls=ls, lt=lt, packing=True, packer="first_fit")),
         (f"first_fit, {4 * b} bins", dict(ls=ls, lt=lt, packing=True, packer="first_fit", bins=4 * b)),
-        (f"pool, {max(64, b)} records (default)", dict(ls=ls, lt=lt, packing=True, packer="pool")),
+        (f"pool, {max(64, b)} records", dict(ls=ls, lt=lt, packing=True, packer="pool")),
     ]
     print(f"{'pipeline':<36} {'lengths':>8} {'encoder':>8} {'decoder':>8} {'combined':>8} "
           f"{'rec/row':>7} {'batches':>7} {'ms/batch':>8}")
