@@ -14,7 +14,7 @@ import importlib
 import logging
 from typing import Any, Iterable, Mapping, Sequence
 
-from jaxdistill.data.examples import DataError, Example, Rationale
+from jaxdistill.data.examples import LABEL_SETS, DataError, Example, Rationale
 
 SOURCES = {
     "demo": "jaxdistill.data.sources.demo",
@@ -144,3 +144,11 @@ __all__ = [
     "Dataset", "load_dataset", "cfg_get", "bad_record", "ErrorPolicy", "merge_skipped",
     "split_off_dev", "cap_train", "group_rationales", "cached_rationales", "relabel_split", "SOURCES",
 ]
+
+
+def esnli_dataset(config_data, splits: dict[str, list[Example]], policy: ErrorPolicy) -> Dataset:
+  """The e-SNLI Dataset of the tfds / HF loaders: teacher rationales only come from a cache."""
+  ids = [ex.id for exs in splits.values() for ex in exs]
+  return Dataset(task="esnli", splits=splits, rationales=cached_rationales(config_data, ids) or {},
+                 labels=LABEL_SETS["esnli"], skipped=policy.as_dict())
+

@@ -18,8 +18,8 @@ import os
 import re
 from typing import Any
 
-from jaxdistill.data.examples import DataError, Example, LABEL_SETS
-from jaxdistill.data.sources import Dataset, ErrorPolicy, cached_rationales, cfg_get, relabel_split
+from jaxdistill.data.examples import DataError, Example
+from jaxdistill.data.sources import Dataset, ErrorPolicy, cfg_get, esnli_dataset, relabel_split
 from jaxdistill.data.sources.dss import nli_example
 
 DEFAULT_NAME = "esnli"
@@ -100,7 +100,4 @@ def load(config_data) -> Dataset:
     if split == "dev" and 0 < dev_size < len(exs):
       exs = exs[-dev_size:]
     splits[split] = relabel_split(exs, split)
-  ids = [ex.id for exs in splits.values() for ex in exs]
-  rationales = cached_rationales(config_data, ids) or {}  # teacher rationales only via a cache
-  return Dataset(task="esnli", splits=splits, rationales=rationales, labels=LABEL_SETS["esnli"],
-                 skipped=policy.as_dict())
+  return esnli_dataset(config_data, splits, policy)
