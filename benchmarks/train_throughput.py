@@ -1,6 +1,6 @@
 """Training throughput: jaxdistill's multi-task train step vs the PyTorch reference recipe.
 
-    python benchmarks/train_throughput.py [--preset t5-small] [--batch_size 16] [--steps 5] [--windows 3]
+    python benchmarks/train_throughput.py [--preset t5-small] [--batch_size 8] [--steps 5] [--windows 3]
 
 jaxdistill side: the real thing. `configs/cot.py` (Distilling Step-by-Step, alpha=0.5), real e-SNLI
 (DSS release, `valid` split, 9,842 examples + PaLM-540B rationales), the trained BPE tokenizer,
@@ -57,14 +57,25 @@ DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "dss", "esnli")
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--preset", default="t5-small", help="t5-tiny | t5-mini | t5-small | t5-base")
-  p.add_argument("--batch_size", type=int, default=16, help="jaxdistill packed rows per step (train.batch_size)")
+  p.add_argument("--batch_size", type=int, default=8, help="jaxdistill packed rows per step (train.batch_size)")
   p.add_argument("--ref_batch_size", type=int, default=0,
                  help="reference examples per step (0: the mean examples per jaxdistill batch)")
   p.add_argument("--steps", type=int, default=5, help="timed steps per window per side")
   p.add_argument("--windows", type=int, default=3, help="timed windows per side (alternating)")
-  p.add_argument("--warmup", type=int, default=2, help="untimed steps per side after compilation")
-  p.add_argument("--max_source_len", type=int, default=64)
-  p.add_argument("--max_target_len", type=int, default=32)
+  p.add_argument("--warmup", type=int, default=3, help="untimed steps per side after compilation")
+  p.add_argument("--max_extra_windows", type=int, default=3,
+                 help="extra window pairs allowed when a pair is contended by other processes")
+  p.add_argument("--max_foreign_cpu", type=float, default=0.10,
+                 help="a window pair counts only if other processes used at most this share of the CPUs")
+  p.add_argument("--max_wait", type=float, default=30.0,
+                 help="before each window pair, wait up to this many seconds for the CPUs to be free of other work")
+  p.add_argument("--time_budget", type=float, default=200.0,
+                 help="seconds of timed windows after which no extra window pairs are started")
+  p.add_argument("--ref_flush_denormal", action=argparse.BooleanOptionalAction, default=True,
+                 help="torch.set_flush_denormal(True) for the reference (XLA:CPU flushes by default)")
+  p.add_argument("--row_source_len", type=int, default=0, help="packed row length (0: sized to the data)")
+  p.add_argument("--row_target_len", type=int, default=0, help="packed row length (0: sized to the data)")
+  p.add_argument("--packer", default="", help="first_fit | pool ('': configs/base.py)")
   p.add_argument("--dtype", default="float32", help="jaxdistill activation dtype (config model.dtype)")
   p.add_argument("--data", default=DEFAULT_DATA, help="DSS e-SNLI directory")
   p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
@@ -86,8 +97,11 @@ def make_config(args):
   config.model.preset = args.preset
   config.model.dtype = args.dtype
   config.train.batch_size = args.batch_size
-  config.data.max_source_len = args.max_source_len
-  config.data.max_target_len = args.max_target_len
+  config.data.row_source_len = args.row_source_len
+  config.data.row_target_len = args.row_target_len
+  if args.packer:
+    config.data.packer = args.packer
+  args.packer = config.data.packer
   config.mesh.data = 1  # one device
   return config
 
@@ -140,6 +154,52 @@ def reset_peak_rss() -> bool:
     return False
 
 
+class CpuMonitor:
+  """Machine-wide CPU time used by *other* processes between two snapshots (/proc/stat minus this
+  process's utime+stime). This machine is shared: a window during which another process keeps a core
+  busy is not a measurement of either side (PyTorch's OpenMP threads slow down ~10x when a core is
+  taken, XLA's pool ~2x), so windows are tagged with it and contended pairs are left out."""
+
+  @staticmethod
+  def snapshot() -> tuple[int, int, int]:
+    try:
+      with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:9]]
+      with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      return sum(vals), vals[3] + vals[4], int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+      return 0, 0, 0
+
+  @staticmethod
+  def foreign(a, b) -> float:
+    total = b[0] - a[0]
+    busy = total - (b[1] - a[1])
+    return max(busy - (b[2] - a[2]), 0) / total if total > 0 else 0.0
+
+
+def wait_for_quiet(max_foreign: float, max_wait: float) -> float:
+  """Sleeps (0.5 s probes) until other processes use at most `max_foreign` of the CPUs, or max_wait."""
+  t0 = time.perf_counter()
+  while True:
+    snap = CpuMonitor.snapshot()
+    time.sleep(0.5)
+    if CpuMonitor.foreign(snap, CpuMonitor.snapshot()) <= max_foreign or time.perf_counter() - t0 > max_wait:
+      return time.perf_counter() - t0
+
+
+def timed(fn):
+  """Wraps a side's window: adds seconds and the foreign CPU share to fn's result dict."""
+  def wrapper(*args, **kwargs):
+    snap = CpuMonitor.snapshot()
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    out["seconds"] = time.perf_counter() - t0
+    out["foreign_cpu"] = CpuMonitor.foreign(snap, CpuMonitor.snapshot())
+    return out
+  return wrapper
+
+
 # --------------------------------------------------------------------------- jaxdistill side
 
 
@@ -154,15 +214,17 @@ class JaxSide:
     self.config, self._tok = config, tok
     self.mesh = partitioning.make_mesh(config.mesh)
     self.records = formats.records_per_epoch(examples, by_id, config.objective, labels, seed=config.data.seed)
+    self.rows = train.row_shape(config.data, self.records, tok)
     self.student, self.state = train.build_student(config, tok.vocab_size, self.mesh)
     self.n_params = sum(x.size for x in jax.tree.leaves(self.student.params(self.state)))
     self.train_step = train.make_train_step(self.student, config, self.mesh)
 
-    def iterator():
+    def iterator():  # as train.run builds it
       return pipeline.make_train_iterator(
           self.records, tok, per_host_batch_size=config.train.batch_size,
-          max_source_len=config.data.max_source_len, max_target_len=config.data.max_target_len,
-          packing=config.data.packing, seed=config.data.seed)
+          max_source_len=self.rows[0], max_target_len=self.rows[1],
+          truncate_source_len=config.data.max_source_len, truncate_target_len=config.data.max_target_len,
+          packing=config.data.packing, seed=config.data.seed, packer=config.data.packer)
     self.make_iterator = iterator
     self.iter = iterator()
 
@@ -195,9 +257,9 @@ class JaxSide:
     self.jax.block_until_ready(self.state)
     return seconds
 
+  @timed
   def run(self, steps: int) -> dict:
     examples = rationales = tokens = 0
-    t0 = time.perf_counter()
     for _ in range(steps):
       local = next(self.iter)
       n_label, n_rationale, n_tokens = batch_counts(local)
@@ -206,8 +268,7 @@ class JaxSide:
       tokens += n_tokens
       self.state, _ = self.compiled(self.state, self.partitioning.global_batch(local, self.mesh))
     self.jax.block_until_ready(self.state)
-    return dict(seconds=time.perf_counter() - t0, examples=examples, rationales=rationales, tokens=tokens,
-                steps=steps)
+    return dict(examples=examples, rationales=rationales, tokens=tokens, steps=steps)
 
   def hf_state_dict(self):
     from jaxdistill.models import t5
@@ -233,13 +294,17 @@ def hf_config(model_config):
 class TorchSide:
   name = "reference"
 
-  def __init__(self, config, examples, by_id, labels, tok, batch_size: int, state_dict=None, seed: int = 0):
+  def __init__(self, config, examples, by_id, labels, tok, batch_size: int, state_dict=None, seed: int = 0,
+               flush_denormal: bool = True):
     import torch
     import transformers
+    from jaxdistill import train
     from jaxdistill.data import formats, pipeline
     from jaxdistill.models import t5
     self.torch = torch
     torch.set_num_threads(os.cpu_count() or 1)
+    if flush_denormal:  # XLA:CPU flushes denormals by default (xla_cpu_ftz); so does the reference here
+      torch.set_flush_denormal(True)
     torch.manual_seed(seed)
     model_config = t5.get_config(config.model.preset, vocab_size=tok.vocab_size,
                                  dropout_rate=float(config.model.dropout_rate))
@@ -264,6 +329,11 @@ class TorchSide:
       self.opt = torch.optim.AdamW(model.parameters(), lr=float(config.train.learning_rate), betas=(0.9, 0.98),
                                    weight_decay=float(config.train.weight_decay))
       self.optimizer_kind = "AdamW"
+    # jaxdistill's warmup + cosine schedule (as multipliers of the peak), so both sides train alike.
+    schedule = train.make_schedule(config.train)
+    peak = float(config.train.learning_rate)
+    factors = [float(v) / peak for v in np.asarray(schedule(np.arange(int(config.train.steps) + 1)))]
+    self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda i: factors[min(i, len(factors) - 1)])
     self.clip = float(config.train.grad_clip_norm)
     self.collator = transformers.DataCollatorForSeq2Seq(tok.hf, model=model, label_pad_token_id=-100,
                                                         padding="longest", return_tensors="pt")
@@ -302,6 +372,7 @@ class TorchSide:
     if self.clip > 0:
       self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
     self.opt.step()
+    self.sched.step()
     self.opt.zero_grad(set_to_none=True)
     tokens = 0
     for b in (label_batch, rationale_batch):
@@ -312,14 +383,14 @@ class TorchSide:
   def compile(self) -> float:
     return 0.0
 
+  @timed
   def run(self, steps: int) -> dict:
     tokens = 0
-    t0 = time.perf_counter()
     for _ in range(steps):
       tokens += self.step()
     self.last_loss.detach().item()
     n = steps * self.batch_size
-    return dict(seconds=time.perf_counter() - t0, examples=n, rationales=n, tokens=tokens, steps=steps)
+    return dict(examples=n, rationales=n, tokens=tokens, steps=steps)
 
 
 # --------------------------------------------------------------------------- memory probe (subprocess)
@@ -352,8 +423,8 @@ def probe(args) -> dict:
 def run_probe(args, side: str, tokenizer_dir: str, ref_batch_size: int) -> dict | None:
   cmd = [sys.executable, os.path.abspath(__file__), "--_probe", side, "--_tokenizer_dir", tokenizer_dir,
          "--preset", args.preset, "--batch_size", str(args.batch_size), "--ref_batch_size", str(ref_batch_size),
-         "--max_source_len", str(args.max_source_len), "--max_target_len", str(args.max_target_len),
-         "--dtype", args.dtype, "--data", args.data, "--warmup", str(args.warmup),
+         "--row_source_len", str(args.row_source_len), "--row_target_len", str(args.row_target_len),
+         "--dtype", args.dtype, "--data", args.data, "--warmup", str(args.warmup), "--packer", args.packer,
          "--memory_steps", str(args.memory_steps)]
   out = subprocess.run(cmd, capture_output=True, text=True)
   for line in out.stdout.splitlines():
@@ -369,10 +440,21 @@ def run_probe(args, side: str, tokenizer_dir: str, ref_batch_size: int) -> dict 
 def summarize(windows: list[dict]) -> dict:
   seconds = sum(w["seconds"] for w in windows)
   examples = sum(w["examples"] for w in windows)
-  return dict(seconds=seconds, examples=examples, steps=sum(w["steps"] for w in windows),
-              examples_per_s=examples / seconds, tokens_per_s=sum(w["tokens"] for w in windows) / seconds,
-              window_examples_per_s=[w["examples"] / w["seconds"] for w in windows],
-              step_s=seconds / sum(w["steps"] for w in windows))
+  steps = sum(w["steps"] for w in windows)
+  return dict(seconds=seconds, examples=examples, steps=steps, examples_per_s=examples / seconds,
+              tokens_per_s=sum(w["tokens"] for w in windows) / seconds, step_s=seconds / steps,
+              window_examples_per_s=[w["examples"] / w["seconds"] for w in windows])
+
+
+def cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return "unknown CPU"
 
 
 def main(argv=None):
@@ -390,24 +472,24 @@ def main(argv=None):
   examples, by_id, labels, tok = load_data(args, config, tokenizer_dir)
   print(f"data: e-SNLI valid {len(examples)} examples, {sum(len(v) for v in by_id.values())} PaLM rationales; "
         f"tokenizer {tok} ({time.perf_counter() - t0:.1f}s)", flush=True)
-  print(f"machine: {os.cpu_count()} CPUs, jax {jax.__version__} ({jax.devices()[0].platform}), torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}; "
-        f"load average {os.getloadavg()[0]:.2f}", flush=True)
+  print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}), jax {jax.__version__} ({jax.devices()[0].platform}), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load average {os.getloadavg()[0]:.2f}", flush=True)
 
   jx = JaxSide(config, examples, by_id, labels, tok)
   per_batch = jx.examples_per_batch()
   ref_b = args.ref_batch_size or max(1, int(round(per_batch["label"])))
-  print(f"jaxdistill: {args.preset} {jx.n_params / 1e6:.2f}M params, batch {args.batch_size} packed rows "
-        f"[{args.max_source_len}|{args.max_target_len}] = {per_batch['label']:.2f} examples "
+  print(f"jaxdistill: {args.preset} {jx.n_params / 1e6:.2f}M params, {args.dtype}, batch {args.batch_size} packed rows "
+        f"[{jx.rows[0]}|{jx.rows[1]}] {args.packer} = {per_batch['label']:.2f} examples "
         f"({per_batch['label']:.2f} label + {per_batch['rationale']:.2f} rationale records) per step; "
         f"packing: encoder {per_batch['encoder']:.1%} / decoder {per_batch['decoder']:.1%} non-pad, "
         f"{per_batch['records_per_row']:.2f} records/row", flush=True)
   sides = [jx]
   if not args.skip_reference:
     ref = TorchSide(config, examples, by_id, labels, tok, batch_size=ref_b, state_dict=jx.hf_state_dict(),
-                    seed=config.data.seed)
-    print(f"reference: HF T5ForConditionalGeneration {ref.n_params / 1e6:.2f}M params, {ref_b} examples per "
-          f"step (2 padded passes), {ref.optimizer_kind}", flush=True)
+                    seed=config.data.seed, flush_denormal=args.ref_flush_denormal)
+    print(f"reference: HF T5ForConditionalGeneration {ref.n_params / 1e6:.2f}M params, float32, {ref_b} examples "
+          f"per step (2 passes padded to the longest), {ref.optimizer_kind}", flush=True)
     sides.append(ref)
 
   compile_s = jx.compile()
@@ -415,20 +497,39 @@ def main(argv=None):
         flush=True)
   if jx.xla_memory:
     m = jx.xla_memory
-    print(f"jaxdistill XLA memory_analysis: arguments {m['arguments_mb']:.0f} MB (state + batch, donated: "
-          f"{m['aliased_mb']:.0f} MB aliased to outputs), temporaries {m['temp_mb']:.0f} MB", flush=True)
+    print(f"jaxdistill XLA memory_analysis: arguments {m['arguments_mb']:.0f} MB (state + batch; "
+          f"{m['aliased_mb']:.0f} MB donated to the outputs), temporaries {m['temp_mb']:.0f} MB", flush=True)
   for side in sides:
     side.run(args.warmup)
+
+  # Alternating windows; a pair counts when neither window shared the machine with another process.
   results = {side.name: [] for side in sides}
-  for w in range(args.windows):
+  clean_pairs: list[int] = []
+  start = time.perf_counter()
+  w = 0
+  waited = 0.0
+  while w < args.windows + args.max_extra_windows:
+    waited += wait_for_quiet(args.max_foreign_cpu, args.max_wait)
     order = sides if w % 2 == 0 else sides[::-1]
     for side in order:
       r = side.run(args.steps)
       results[side.name].append(r)
       print(f"  window {w} {side.name:10s}: {r['steps']} steps {r['seconds']:6.2f}s  "
-            f"{r['examples'] / r['seconds']:6.2f} examples/s  {r['tokens'] / r['seconds']:8.0f} tokens/s", flush=True)
+            f"{r['examples'] / r['seconds']:6.2f} examples/s  {r['tokens'] / r['seconds']:8.0f} tokens/s  "
+            f"(other processes: {r['foreign_cpu']:.0%} of the CPUs)", flush=True)
+    if all(results[side.name][w]["foreign_cpu"] <= args.max_foreign_cpu for side in sides):
+      clean_pairs.append(w)
+    w += 1
+    if len(clean_pairs) >= args.windows:
+      break
+    if w >= args.windows and time.perf_counter() - start > args.time_budget:
+      break
+  used = clean_pairs or list(range(w))
+  if not clean_pairs:
+    print(f"WARNING: every window shared the CPUs with other processes (> {args.max_foreign_cpu:.0%}); "
+          "the figures below are not a clean measurement", flush=True)
+  summary = {name: summarize([ws[i] for i in used]) for name, ws in results.items()}
 
-  summary = {name: summarize(ws) for name, ws in results.items()}
   memory = {}
   if args.memory:
     memory["jaxdistill"] = run_probe(args, "jax", tokenizer_dir, ref_b)
@@ -436,25 +537,30 @@ def main(argv=None):
       memory["reference"] = run_probe(args, "torch", tokenizer_dir, ref_b)
 
   print()
-  print(f"preset {args.preset}, jaxdistill batch {args.batch_size} rows, reference batch {ref_b} examples, "
-        f"{args.windows} x {args.steps} timed steps per side; load average {os.getloadavg()[0]:.2f}")
-  header = f"{'side':12s} {'step s':>7s} {'examples/s':>11s} {'tokens/s':>9s} {'train peak RSS - pre-model RSS':>31s}"
-  print(header)
+  print(f"preset {args.preset}, jaxdistill batch {args.batch_size} rows [{jx.rows[0]}|{jx.rows[1]}] "
+        f"{args.packer}, "
+        f"reference batch {ref_b} examples; {len(used)} window pairs of {args.steps} steps used "
+        f"({'clean' if clean_pairs else 'CONTENDED'}: {used} of {w}; {waited:.0f}s spent waiting for other "
+        f"processes to leave the CPUs); load average {os.getloadavg()[0]:.2f}")
+  print(f"{'side':12s} {'step s':>7s} {'examples/s':>11s} {'tokens/s':>9s}  peak RSS during training - RSS before "
+        f"the model (absolute; incl. compile)")
   for name, s in summary.items():
     m = memory.get(name)
-    mem = (f"{m['train_delta_mb']:.0f} MB (abs {m['peak_rss_train_mb']:.0f}, incl. compile "
-           f"{m['peak_rss_incl_compile_mb']:.0f})") if m else "n/a"
-    print(f"{name:12s} {s['step_s']:7.3f} {s['examples_per_s']:11.2f} {s['tokens_per_s']:9.0f} {mem:>31s}")
+    mem = (f"{m['train_delta_mb']:.0f} MB ({m['peak_rss_train_mb']:.0f} MB; {m['peak_rss_incl_compile_mb']:.0f} MB)"
+           if m else "n/a")
+    print(f"{name:12s} {s['step_s']:7.3f} {s['examples_per_s']:11.2f} {s['tokens_per_s']:9.0f}  {mem}")
   if "reference" in summary:
     ratio = summary["jaxdistill"]["examples_per_s"] / summary["reference"]["examples_per_s"]
     pair = [a / b for a, b in zip(summary["jaxdistill"]["window_examples_per_s"],
                                   summary["reference"]["window_examples_per_s"])]
     tok_ratio = summary["jaxdistill"]["tokens_per_s"] / summary["reference"]["tokens_per_s"]
-    print(f"ratio jaxdistill/reference: examples/s {ratio:.2f}x (per-window {', '.join(f'{x:.2f}' for x in pair)}), "
+    print(f"ratio jaxdistill/reference: examples/s {ratio:.2f}x (per window pair {', '.join(f'{x:.2f}' for x in pair)}), "
           f"useful tokens/s {tok_ratio:.2f}x")
     summary["ratio_examples_per_s"] = ratio
-  summary.update(xla_memory=jx.xla_memory, compile_s=compile_s, xla_gflop_per_step=jx.xla_flops / 1e9, ref_batch_size=ref_b,
-                 per_batch=per_batch, memory=memory, args=vars(args))
+    summary["ratio_tokens_per_s"] = tok_ratio
+  summary.update(xla_memory=jx.xla_memory, compile_s=compile_s, xla_gflop_per_step=jx.xla_flops / 1e9,
+                 ref_batch_size=ref_b, per_batch=per_batch, memory=memory, windows=results, clean_pairs=clean_pairs,
+                 args=vars(args))
   if args.json:
     with open(args.json, "w") as f:
       json.dump(summary, f, indent=2, default=float)

@@ -23,10 +23,13 @@ def get_config() -> ml_collections.ConfigDict:
   data.max_eval_examples = -1  # cap dev/test examples evaluated (-1 = all)
   data.on_error = "raise"  # raise | skip (skipped records are counted and reported)
   data.cache_dir = ""  # read rationales from an imported rationale cache instead of the raw files
-  data.max_source_len = 64
-  data.max_target_len = 32
+  data.max_source_len = 128  # a record's source/target is truncated to these (eval rows are padded
+  data.max_target_len = 64  # to the longest record of the split, at most these)
   data.packing = True
-  data.packer = "first_fit"  # first_fit (grain) | pool (fills both budgets; see data/pipeline.py)
+  data.packer = "pool"  # pool (fills both budgets) | first_fit (grain); see data/pipeline.py
+  data.row_source_len = 0  # packed training rows; 0 = sized to the data (pipeline.auto_row_shape):
+  data.row_target_len = 0  # about `records_per_row` records per row, both budgets filled alike
+  data.records_per_row = 5.0
   data.demo = ml_collections.ConfigDict()
   data.demo.num_train = 4000
   data.demo.num_dev = 300
@@ -55,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   # --- training ---------------------------------------------------------------
   config.train = train = ml_collections.ConfigDict()
   train.steps = 600
-  train.batch_size = 64  # global batch (rows after packing)
+  train.batch_size = 32  # global batch in rows (a packed row holds ~data.records_per_row records)
   train.optimizer = "adamw"  # adamw | adafactor
   train.learning_rate = 3e-3
   train.warmup_steps = 50

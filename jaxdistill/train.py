@@ -126,6 +126,25 @@ def make_train_step(student: Student, config, mesh):
 
 # --------------------------------------------------------------------------- the job
 
+def row_shape(data: ml_collections.ConfigDict, records, tokenizer) -> tuple[int, int]:
+  """(source, target) lengths of the training rows: the record maxima when padding, else the
+  configured row lengths or, where 0, lengths sized to the data (same on every host)."""
+  if not data.packing:
+    shape = (int(data.max_source_len), int(data.max_target_len))
+  else:
+    auto = (0, 0)
+    if not (data.row_source_len and data.row_target_len):
+      auto = pipeline.auto_row_shape(records, tokenizer, max_source_len=int(data.max_source_len),
+                                     max_target_len=int(data.max_target_len),
+                                     records_per_row=float(data.records_per_row), seed=int(data.seed))
+    shape = (int(data.row_source_len) or auto[0], int(data.row_target_len) or auto[1])
+  logging.info("rows: [%d|%d] tokens (source|target), %s", *shape,
+               f"packed by {data.packer}" if data.packing else "one padded record each")
+  print(f"rows: [{shape[0]}|{shape[1]}] tokens (source|target), "
+        f"{'packed by ' + data.packer if data.packing else 'one padded record each'}", flush=True)
+  return shape
+
+
 def _write_metrics_json(workdir: str, metrics: dict) -> None:
   path = os.path.join(workdir, "metrics.json")
   tmp = path + ".tmp"
@@ -173,11 +192,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.train.batch_size % process_count:
     raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
                      f"{process_count} hosts")
+  records = formats.records_per_epoch(dataset.splits["train"], dataset.rationales, config.objective,
+                                      dataset.labels, seed=config.data.seed)
+  row_source_len, row_target_len = row_shape(config.data, records(0) if callable(records) else records, tokenizer)
   train_iter = pipeline.make_train_iterator(
-      formats.records_per_epoch(dataset.splits["train"], dataset.rationales, config.objective, dataset.labels,
-                                seed=config.data.seed), tokenizer,
-      per_host_batch_size=config.train.batch_size // process_count,
-      max_source_len=config.data.max_source_len, max_target_len=config.data.max_target_len,
+      records, tokenizer, per_host_batch_size=config.train.batch_size // process_count,
+      max_source_len=row_source_len, max_target_len=row_target_len,
+      truncate_source_len=config.data.max_source_len, truncate_target_len=config.data.max_target_len,
       packing=config.data.packing, packer=config.data.packer, seed=config.data.seed,
       process_index=jax.process_index(), process_count=process_count)
 

@@ -204,3 +204,39 @@ def test_orbax_checkpoint_round_trip(tok, tmp_path):
   for a, b in zip(expected, pipeline.take(fresh, 3)):
     for k in pipeline.BATCH_KEYS:
       np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_auto_row_shape(tok):
+  records = _records()
+  src = np.array([len(tok.encode(r.source)) for r in records])
+  tgt = np.array([len(tok.encode(r.target)) for r in records])
+  ls, lt = pipeline.auto_row_shape(records, tok, max_source_len=256, max_target_len=256, records_per_row=5)
+  assert ls % 8 == 0 and lt % 8 == 0
+  assert lt == pipeline.round_up(max(tgt.max(), 5 * tgt.mean()))
+  assert ls == pipeline.round_up(max(src.max(), lt * src.mean() / tgt.mean()))
+  # The record truncation caps what a row must hold.
+  ls_cut, lt_cut = pipeline.auto_row_shape(records, tok, max_source_len=8, max_target_len=4, records_per_row=1)
+  tgt_cut = np.minimum(tgt, 4)
+  assert lt_cut == 8 and ls_cut == pipeline.round_up(max(8, 8 * 8 / tgt_cut.mean()))
+  # Rows sized to the data pack densely (the demo-like records here fill >90% of both budgets).
+  it = _iter(records, tok, max_source_len=ls, max_target_len=lt, packer="pool", num_epochs=1)
+  eff = pipeline.packing_efficiency(list(it))
+  assert eff["encoder"] > 0.9 and eff["decoder"] > 0.9, eff
+
+
+def test_truncate_below_row_length(tok):
+  long = [Seq2SeqRecord("s" * 100, "t" * 100, RATIONALE, 1.0, "e")] * 8
+  batch = next(_iter(long, tok, truncate_source_len=10, truncate_target_len=6))
+  # Records are cut at the truncation lengths, several per row.
+  assert batch["encoder_segment_ids"].max() > 1
+  assert (batch["encoder_segment_ids"][0] == 1).sum() == 10 and (batch["decoder_segment_ids"][0] == 1).sum() == 6
+
+
+def test_eval_batches_pad_to_longest_record(tok):
+  records = _records(5)
+  batches = pipeline.make_eval_batches(records, tok, 4, 200, 100)
+  longest_src = max(len(tok.encode(r.source)) for r in records)
+  longest_tgt = max(len(tok.encode(r.target)) for r in records)
+  for batch, _ in batches:
+    assert batch["encoder_input_ids"].shape[1] == pipeline.round_up(longest_src)
+    assert batch["decoder_target_ids"].shape[1] == pipeline.round_up(longest_tgt)

@@ -23,14 +23,17 @@ Packers (`packer=`):
                     oldest record and is completed by the subset of the pool that fills
                     the most of *both* remaining budgets (exact 2-D subset sum). A record
                     waits at most pool-size rows. State: the pool's stream indices.
-  "first_fit" (default for now: the pool packer's effect on training speed is not yet
-                    measured) grain's FirstFitPackIterDataset with `num_packing_bins` bins (default
+  "first_fit"       grain's FirstFitPackIterDataset with `num_packing_bins` bins (default
                     the batch size): all bins are emitted as soon as one record fits none.
 Why "pool": a row has two budgets (encoder, decoder) and Seq2Seq records come in two
 shapes (label records: long source, ~2 target tokens; rationale records: the same source,
 a long target), so first fit saturates one budget per row and strands the other; more bins
 barely help (e-SNLI cot, 216/48: first fit 86%/87% encoder/decoder with 64 bins, 87%/87%
 with 1024; pool of 64: 98%/99%). See benchmarks/packing.py.
+
+Row shape: `max_source_len`/`max_target_len` are the row lengths; records are truncated to
+`truncate_source_len`/`truncate_target_len` (default: the row lengths). `auto_row_shape` sizes
+packed rows from the data so that a row holds a few records and both budgets fill alike.
 
 Packing: each (source, target) pair occupies one segment of a row in both the
 encoder and the decoder streams with the same segment id (1..n), positions restart
@@ -361,12 +364,42 @@ class _PoolPackIterator(grain.DatasetIterator):
 PACKERS = ("pool", "first_fit")
 
 
+def round_up(n: float, multiple: int = 8) -> int:
+  return int(-(-int(np.ceil(n)) // multiple) * multiple)
+
+
+def auto_row_shape(records: Sequence[Seq2SeqRecord], tokenizer: Tokenizer, *, max_source_len: int,
+                   max_target_len: int, records_per_row: float = 5.0, sample_size: int = 4096,
+                   seed: int = 0) -> tuple[int, int]:
+  """(source, target) lengths of packed rows sized to the data.
+
+  A row should hold about `records_per_row` records and fill both budgets alike, so the
+  target budget is records_per_row x the mean target length and the source budget keeps the
+  data's own source:target token ratio; each is at least the longest (truncated) record seen
+  in a sample, so a record never has to be cut to fit a row. Multiples of 8.
+  """
+  if not len(records):
+    raise ValueError("auto_row_shape: no training records")
+  rng = np.random.default_rng(seed)
+  idx = rng.choice(len(records), size=min(sample_size, len(records)), replace=False)
+  src = np.array([min(len(tokenizer.encode(records[i].source)), max_source_len) for i in idx])
+  tgt = np.array([min(len(tokenizer.encode(records[i].target)), max_target_len) for i in idx])
+  target_len = round_up(max(tgt.max(), records_per_row * tgt.mean()))
+  source_len = round_up(max(src.max(), target_len * src.mean() / max(tgt.mean(), 1.0)))
+  return source_len, target_len
+
+
+
 def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch_size: int,
                        max_source_len: int, max_target_len: int, packing: bool = True, seed: int = 0,
                        process_index: int = 0, process_count: int = 1,
                        num_epochs: int | None = None, num_packing_bins: int | None = None,
-                       num_threads: int = 0, prefetch: int = 2, packer: str = "first_fit") -> grain.IterDataset:
+                       num_threads: int = 0, prefetch: int = 2, packer: str = "pool",
+                       truncate_source_len: int | None = None,
+                       truncate_target_len: int | None = None) -> grain.IterDataset:
   """The training IterDataset (see module docstring); `iter()` it or use make_train_iterator."""
+  truncate_source_len = min(truncate_source_len or max_source_len, max_source_len)
+  truncate_target_len = min(truncate_target_len or max_target_len, max_target_len)
   if packer not in PACKERS:
     raise ValueError(f"packer={packer!r}: expected one of {PACKERS}")
   if not 0 <= process_index < process_count:
@@ -377,7 +410,7 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
   ds = grain.MapDataset.range(epoch_records.size).shuffle(seed=int(seed) % 2**32)
   ds = ds.repeat(num_epochs).map_with_index(_EpochIndex(epoch_records.size))
   ds = ds[process_index::process_count]
-  ds = ds.map(_Tokenize(epoch_records, tokenizer, max_source_len, max_target_len))
+  ds = ds.map(_Tokenize(epoch_records, tokenizer, truncate_source_len, truncate_target_len))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(
       2 * per_host_batch_size, 64) if num_threads else 0))
   if packing and packer == "pool":
@@ -405,7 +438,8 @@ def make_train_iterator(records: Records, tokenizer: Tokenizer, *, per_host_batc
                         max_source_len: int, max_target_len: int, packing: bool = True, seed: int = 0,
                         process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
                         num_packing_bins: int | None = None, num_threads: int = 0, prefetch: int = 2,
-                        packer: str = "first_fit") -> grain.DatasetIterator:
+                        packer: str = "pool", truncate_source_len: int | None = None,
+                        truncate_target_len: int | None = None) -> grain.DatasetIterator:
   """A checkpointable iterator of per-host Batch dicts ([per_host_batch_size, L] numpy arrays).
 
   `records` is a fixed sequence or `epoch -> records` (same length every epoch), e.g.
@@ -420,7 +454,8 @@ def make_train_iterator(records: Records, tokenizer: Tokenizer, *, per_host_batc
       records, tokenizer, per_host_batch_size=per_host_batch_size, max_source_len=max_source_len,
       max_target_len=max_target_len, packing=packing, seed=seed, process_index=process_index,
       process_count=process_count, num_epochs=num_epochs, num_packing_bins=num_packing_bins,
-      num_threads=num_threads, prefetch=prefetch, packer=packer))
+      num_threads=num_threads, prefetch=prefetch, packer=packer, truncate_source_len=truncate_source_len,
+      truncate_target_len=truncate_target_len))
   if prefetch > 0:
     atexit.register(_close_at_exit, weakref.ref(it))
   return it
@@ -440,17 +475,23 @@ def make_eval_batches(records: Sequence[Seq2SeqRecord], tokenizer: Tokenizer, ba
                       max_source_len: int, max_target_len: int) -> list[tuple[Batch, np.ndarray]]:
   """Padded, unpacked, in-order batches for evaluation: a list of (batch, row_indices).
 
+  Records are truncated to max_source_len/max_target_len; rows are padded to the longest
+  record of `records` (rounded up to a multiple of 8), not to the maximum.
+
   row_indices[i] is the index into `records` of row i, or -1 for rows that pad the
   final partial batch (all-pad rows: segment ids 0, loss weights 0).
   """
   if batch_size <= 0:
     raise ValueError(f"batch_size={batch_size} must be positive")
+  feats = [tokenize_record(r, tokenizer, max_source_len, max_target_len) for r in records]
+  if feats:  # one shape per split (one compilation), no longer than its longest record needs
+    max_source_len = round_up(max(len(f["encoder_input_ids"]) for f in feats))
+    max_target_len = round_up(max(len(f["decoder_target_ids"]) for f in feats))
   out = []
   for start in range(0, len(records), batch_size):
     rows, idx = [], []
     for i in range(start, min(start + batch_size, len(records))):
-      feats = tokenize_record(records[i], tokenizer, max_source_len, max_target_len)
-      rows.append(pad_features(feats, max_source_len, max_target_len, tokenizer.pad_id))
+      rows.append(pad_features(feats[i], max_source_len, max_target_len, tokenizer.pad_id))
       idx.append(i)
     while len(rows) < batch_size:
       blank = {k: np.zeros_like(v) for k, v in rows[0].items()}

@@ -171,14 +171,15 @@ class RMSNorm(nnx.Module):
 
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, bias: Array | None,
                           dropout: nnx.Dropout, rngs: nnx.Rngs | None) -> Array:
-  """Unscaled T5 attention. q [B,Q,H,D], k/v [B,K,H,D], mask bool ~[B,1,Q,K], bias ~[B,H,Q,K]."""
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  """Unscaled T5 attention. q [B,Q,H,D], k/v [B,H,K,D] (head-major: the KV cache keeps this
+  layout, so decoding never transposes it), mask bool ~[B,1,Q,K], bias ~[B,H,Q,K]."""
+  scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
   if bias is not None:
     scores = scores + bias
   scores = jnp.where(mask, scores, _NEG)
   probs = jax.nn.softmax(scores, axis=-1)
   probs = dropout(probs, deterministic=rngs is None, rngs=rngs)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+  return jnp.einsum("bhqk,bhkd->bqhd", probs.astype(v.dtype), v)
 
 
 class Attention(nnx.Module):
@@ -199,17 +200,22 @@ class Attention(nnx.Module):
     self.o = _param(rngs, _normal((h * kv) ** -0.5), (h, kv, d), ("heads", "kv", "embed"), pd)
     self.dropout = nnx.Dropout(config.dropout_rate)
 
+  # Projections are plain 2-D matmuls on flattened views (free reshapes of row-major arrays):
+  # XLA:CPU differentiates a 3-D-kernel einsum with extra transposes (~1.3x slower backward).
   def _proj(self, x: Array, kernel: nnx.Param) -> Array:
-    return jnp.einsum("bld,dhk->blhk", x, kernel[...].astype(self.dtype))
+    d, h, k = kernel.shape
+    return (x @ kernel[...].astype(self.dtype).reshape(d, h * k)).reshape(*x.shape[:-1], h, k)
 
   def queries(self, x: Array) -> Array:
     return self._proj(x, self.q)
 
   def keys_values(self, x: Array) -> tuple[Array, Array]:
-    return self._proj(x, self.k), self._proj(x, self.v)
+    """Keys and values of x [B,L,D], head-major [B,H,L,Dk]."""
+    return self._proj(x, self.k).swapaxes(1, 2), self._proj(x, self.v).swapaxes(1, 2)
 
   def output(self, a: Array) -> Array:
-    return jnp.einsum("blhk,hkd->bld", a, self.o[...].astype(self.dtype))
+    h, k, d = self.o.shape
+    return a.reshape(*a.shape[:-2], h * k) @ self.o[...].astype(self.dtype).reshape(h * k, d)
 
   def __call__(self, x: Array, kv_input: Array, mask: Array, bias: Array | None,
                rngs: nnx.Rngs | None = None) -> Array:
@@ -342,9 +348,9 @@ class DecoderLayer(nnx.Module):
     h = self.self_attn_norm(x)
     k, v = self.self_attn.keys_values(h)
     keys = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype),
-                                               position, axis=1)
+                                               position, axis=2)
     values = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype),
-                                                 position, axis=1)
+                                                 position, axis=2)
     a = dot_product_attention(self.self_attn.queries(h), keys, values, self_mask, self_bias,
                               self.self_attn.dropout, None)
     x = x + self.self_attn.output(a)
@@ -490,14 +496,14 @@ class T5(nnx.Module):
                  max_len: int) -> dict[str, Any]:
     """Preallocated decoding state for `decode_step`.
 
-    Returns a pytree: {"layers": [per decoder layer {"k","v": [B,max_len,H,Dk] zeros,
-    "cross_k","cross_v": [B,Le,H,Dk] projected once from `encoded`}],
+    Returns a pytree: {"layers": [per decoder layer {"k","v": [B,H,max_len,Dk] zeros,
+    "cross_k","cross_v": [B,H,Le,Dk] projected once from `encoded`}],
     "encoder_segment_ids": [B,Le]}. Each row is one example (segment 1); the decoder
     attends to the encoder tokens whose segment id is nonzero.
     """
     cfg = self.config
     batch = encoded.shape[0]
-    zeros = jnp.zeros((batch, max_len, cfg.num_heads, cfg.d_kv), cfg.dtype)
+    zeros = jnp.zeros((batch, cfg.num_heads, max_len, cfg.d_kv), cfg.dtype)
     layers = []
     for layer in self.decoder.layers:
       ck, cv = layer.cross_attn.keys_values(encoded.astype(cfg.dtype))
@@ -512,7 +518,7 @@ class T5(nnx.Module):
     key_pos - position); no dropout.
     """
     dec = self.decoder
-    max_len = cache["layers"][0]["k"].shape[1]
+    max_len = cache["layers"][0]["k"].shape[2]
     position = jnp.asarray(position, jnp.int32)
     key_pos = jnp.arange(max_len, dtype=jnp.int32)[None]
     self_mask = (key_pos <= position)[:, None, None, :]  # [1,1,1,max_len]
