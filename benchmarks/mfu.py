@@ -207,7 +207,7 @@ def main(argv=None):
   args = parse_args(argv)
   import jax
   sizes = [int(s) for s in args.peak_sizes.split(",")]
-  print(f"machine: {os.cpu_count()} CPUs ({_cpu_name()}), jax {jax.__version__} {jax.devices()[0].platform}, "
+  print(f"machine: {os.cpu_count()} CPUs ({tt.cpu_name()}), jax {jax.__version__} {jax.devices()[0].platform}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load average {os.getloadavg()[0]:.2f}", flush=True)
   peak_before = measure_peak(sizes)
   peaks = list(peak_before.values())
@@ -300,7 +300,7 @@ def profile(side, args, preset: str, analytical: float) -> dict:
     t3 = time.perf_counter()
     t_data, t_put, t_step = t_data + t1 - t0, t_put + t2 - t1, t_step + t3 - t2
   c = side.config
-  it = pipeline.make_train_iterator(side.records, _tok_of(side), per_host_batch_size=c.train.batch_size,
+  it = pipeline.make_train_iterator(side.records, side._tok, per_host_batch_size=c.train.batch_size,
                                     max_source_len=side.rows[0], max_target_len=side.rows[1], packer=c.data.packer,
                                     truncate_source_len=c.data.max_source_len, truncate_target_len=c.data.max_target_len,
                                     packing=True, seed=c.data.seed + 1, prefetch=0)
@@ -353,10 +353,6 @@ def profile(side, args, preset: str, analytical: float) -> dict:
   return out
 
 
-def _tok_of(side):
-  return side._tok
-
-
 _TOKDIR = None
 
 
@@ -366,17 +362,6 @@ def _tokenizer_dir():
     import tempfile
     _TOKDIR = tempfile.mkdtemp(prefix="jaxdistill_mfu_tok_")
   return _TOKDIR
-
-
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return "unknown CPU"
 
 
 if __name__ == "__main__":
