@@ -23,6 +23,12 @@ torch.inference_mode, torch threads = CPU cores (`--torch_threads`), after a sho
 cpu/wall (process CPU time over wall time) and the load average are printed: on a shared machine
 they show whether another process took cores during the run. tokens/s = batch_size x max_len x batches / s
 (prompt encoding included on both sides).
+
+Where the time goes (jaxdistill): the prefill (encoder + cross-attention K/V, jitted alone) and
+one decoding step (total minus prefill, over max_len), each against this machine's floors measured
+in the same run: FLOPs over the float32 matmul rate at that shape (M = batch rows for a step) and,
+for a step, the bytes it must read (decoder weights except cross-attention K/V, the caches) over
+the streaming bandwidth (a jitted reduction of a 1 GiB array).
 """
 
 from __future__ import annotations
@@ -107,6 +113,52 @@ def hf_model_from(model: t5.T5):
   if missing or unexpected:
     raise RuntimeError(f"HF load: missing={missing} unexpected={unexpected}")
   return hf
+
+
+def best_of(fn, *args, repeats: int = 5) -> float:
+  """Seconds of the fastest of `repeats` calls of a jitted fn (after one warm-up call)."""
+  jax.block_until_ready(fn(*args))
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t)
+  return best
+
+
+def stream_bandwidth(gib: float = 1.0) -> float:
+  """Bytes/s of a jitted full read of a float32 array too big for any cache."""
+  x = jnp.ones((int(gib * 2**30) // 4,), jnp.float32)
+  return x.nbytes / best_of(jax.jit(lambda a: jnp.sum(a * 1.0001)), x)
+
+
+def matmul_rate(m: int, k: int, n: int) -> float:
+  """FLOP/s of a float32 [m,k] @ [k,n] matmul."""
+  a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+  return 2 * m * k * n / best_of(jax.jit(jnp.matmul), a, b, repeats=50)
+
+
+def step_costs(model: t5.T5, batch: int, source_len: int, max_len: int) -> tuple[float, float, float]:
+  """(prefill FLOPs, step FLOPs, step bytes): matmul FLOPs only; a step reads the decoder's weights
+  (cross-attention K/V projections run at prefill) and its self- (half full on average) and
+  cross-attention caches."""
+  enc_params = step_params = cross_kv = 0
+  for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    names, size = [str(p) for p in path], leaf.get_value().size
+    if names[-1] == "embedding" or names[0] == "shared" or names[-1] == "scale":
+      continue
+    if names[0] == "encoder":
+      enc_params += size
+    elif "cross_attn" in names and names[-1] in ("k", "v"):
+      cross_kv += size
+    else:
+      step_params += size
+  c = model.config
+  per_position = 2 * batch * c.num_heads * c.d_kv * c.num_decoder_layers  # k and v
+  prefill = 2 * batch * source_len * (enc_params + cross_kv)
+  step = 2 * batch * step_params + 2 * per_position * (source_len + max_len // 2)  # + scores, mix
+  step_bytes = 4 * (step_params + per_position * (source_len + max_len // 2))
+  return prefill, step, step_bytes
 
 
 def check_logits(model, hf, ids: np.ndarray) -> float:
@@ -205,6 +257,25 @@ def main(argv=None) -> None:
   print(f"load average at the end: {load()} (cpu/wall well below the core count, or a high load, means "
         f"another process shared the CPUs: figures are then pessimistic, torch's the most)")
   print(f"speed-up jaxdistill / transformers: {jax_tps / hf_tps:.2f}x")
+  x0, m0 = jnp.asarray(batches[0]), jnp.asarray((batches[0] != 0).astype(np.int32))
+  prefill_s = best_of(jax.jit(lambda st, x, m: nnx.merge(graphdef, st).init_cache(
+      nnx.merge(graphdef, st).encode(x, m), m, max_len)), state, x0, m0)
+  jax_ms = jax_s / n_b / max_len * 1e3
+  step_ms = (jax_s / n_b - prefill_s) / max_len * 1e3
+  prefill_flops, step_flops, step_bytes = step_costs(model, b, ids.shape[1], max_len)
+  d, ff = config.d_model, config.d_ff
+  bandwidth, big_rate, step_rate = stream_bandwidth(), matmul_rate(b * ids.shape[1], d, ff), matmul_rate(b, d, ff)
+  print(f"jaxdistill split: prefill {prefill_s * 1e3:.0f} ms per batch ({prefill_s * 1e3 / max_len:.1f} ms per "
+        f"generated token, {prefill_s / (jax_s / n_b):.0%} of the time) at {prefill_flops / prefill_s / 1e9:.0f} "
+        f"GFLOP/s; a step {step_ms:.1f} ms at {step_flops / step_ms / 1e6:.0f} GFLOP/s")
+  print(f"floors here: float32 matmul [{b * ids.shape[1]}x{d}]@[{d}x{ff}] {big_rate / 1e9:.0f} GFLOP/s -> prefill >= "
+        f"{prefill_flops / big_rate * 1e3:.0f} ms; [{b}x{d}]@[{d}x{ff}] {step_rate / 1e9:.0f} GFLOP/s -> step >= "
+        f"{step_flops / step_rate * 1e3:.1f} ms; streaming {bandwidth / 1e9:.1f} GB/s x {step_bytes / 2**20:.0f} MiB "
+        f"-> step >= {step_bytes / bandwidth * 1e3:.1f} ms")
+  floor_ms = (prefill_flops / big_rate + max_len * max(step_flops / step_rate, step_bytes / bandwidth)) / max_len * 1e3
+  hf_ms = hf_s / n_b / max_len * 1e3
+  print(f"=> at most {hf_ms / floor_ms:.1f}x transformers on this machine at this shape ({floor_ms:.1f} ms per "
+        f"token vs {hf_ms:.1f}; jaxdistill {jax_ms:.1f})")
   print("\n| preset | batch | new tokens | jaxdistill tok/s | transformers tok/s | ratio | jax compile s | "
         "identical rows |")
   print("|---|---|---|---|---|---|---|---|")
