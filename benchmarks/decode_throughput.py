@@ -9,7 +9,7 @@ Same model, same prompts, same generated tokens on both sides:
     tokenized with the jaxdistill BPE tokenizer trained on that split (vocab 1024), right-padded
     to one common length (one jit shape);
   * model: a random-init jaxdistill T5 of `--preset` (vocab = the tokenizer's), exported with
-    `t5.to_hf_t5_state_dict` into `transformers.T5ForConditionalGeneration` of the matching
+    `hf.state_dict` into `transformers.T5ForConditionalGeneration` of the matching
     config (untied LM head, as in T5 v1.1); float32 on both sides; logits are checked equal first;
   * generation: greedy, exactly `max_len` new tokens per row. Random weights rarely emit EOS, and
     a stop would make token counts differ, so neither side stops: jaxdistill gets eos_id=-1 (never
@@ -51,6 +51,7 @@ from jaxdistill.data import formats  # noqa: E402
 from jaxdistill.data import tokenizer as tokenizer_lib  # noqa: E402
 from jaxdistill.data.sources import dss  # noqa: E402
 from jaxdistill.models import decode, t5  # noqa: E402
+from jaxdistill.models import hf as hf_io  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "dss", "esnli")
 
@@ -108,7 +109,7 @@ def hf_model_from(model: t5.T5):
   hf = transformers.T5ForConditionalGeneration(hf_config).eval()
   if not c.tie_word_embeddings:  # transformers v5 ties lm_head in memory even for v1.1 configs
     hf.lm_head.weight = torch.nn.Parameter(torch.empty(c.vocab_size, c.d_model))
-  state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in t5.to_hf_t5_state_dict(model).items()}
+  state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in hf_io.state_dict(model).items()}
   missing, unexpected = hf.load_state_dict(state, strict=False)
   if missing or unexpected:
     raise RuntimeError(f"HF load: missing={missing} unexpected={unexpected}")

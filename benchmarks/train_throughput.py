@@ -271,8 +271,8 @@ class JaxSide:
     return dict(examples=examples, rationales=rationales, tokens=tokens, steps=steps)
 
   def hf_state_dict(self):
-    from jaxdistill.models import t5
-    return t5.to_hf_t5_state_dict(self.student.model(self.state))
+    from jaxdistill.models import hf as hf_io
+    return hf_io.state_dict(self.student.model(self.state))
 
 
 # --------------------------------------------------------------------------- reference side

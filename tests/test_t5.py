@@ -12,6 +12,7 @@ import transformers
 from flax import nnx
 
 from jaxdistill.models import decode, t5
+from jaxdistill.models import hf as hf_io
 
 VOCAB = 97
 # Few buckets and a short max distance so short test sequences hit the log-spaced buckets.
@@ -38,10 +39,10 @@ def _hf_model(feed_forward_proj: str, tied: bool):
 
 
 def _jax_from_hf(hf) -> t5.T5:
-  config = t5.t5_config_from_hf(hf.config.to_dict())
+  config = t5.config_from_hf(hf.config.to_dict())
   # Abstract model: weights are loaded without materialising (and compiling) a random init.
   model = nnx.eval_shape(lambda: t5.T5(config, rngs=nnx.Rngs(1)))
-  t5.load_hf_t5_state_dict(model, {k: v.detach().numpy() for k, v in hf.state_dict().items()})
+  hf_io.load_weights(model, {k: v.detach().numpy() for k, v in hf.state_dict().items()})
   return model
 
 
@@ -132,7 +133,7 @@ def test_golden_logits(golden):
 
 def test_hf_state_dict_roundtrip(golden):
   hf, model = golden
-  exported = t5.to_hf_t5_state_dict(model)
+  exported = hf_io.state_dict(model)
   for name, value in hf.state_dict().items():
     np.testing.assert_array_equal(exported[name], value.numpy(), err_msg=name)
 
@@ -142,7 +143,7 @@ def test_load_rejects_missing_weights(golden):
   sd = {k: v.numpy() for k, v in hf.state_dict().items()}
   del sd["decoder.block.1.layer.2.layer_norm.weight"]
   with pytest.raises(ValueError, match="layer_norm"):
-    t5.load_hf_t5_state_dict(model, sd)
+    hf_io.load_weights(model, sd)
 
 
 @pytest.mark.parametrize("bidirectional,num_buckets,max_distance",

@@ -49,10 +49,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdistill.models import common, hf
+
 Array = jax.Array
 DType = Any
-
-_NEG = float(np.finfo(np.float32).min)
 
 
 # --------------------------------------------------------------------------- config
@@ -132,24 +132,6 @@ def _activation(feed_forward_proj: str) -> tuple[Any, bool]:
   return acts[name], gated
 
 
-# --------------------------------------------------------------------------- params
-
-
-def _eager_sharding() -> bool:
-  """Shard at creation only when flax asks for it *and* a mesh is active (see module doc)."""
-  return nnx.using_eager_sharding() and not jax.sharding.get_abstract_mesh().empty
-
-
-def _param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str, ...],
-           dtype: DType) -> nnx.Param:
-  annotated = nnx.with_partitioning(init, axes)
-  return nnx.Param(annotated(rngs.params(), shape, dtype), eager_sharding=_eager_sharding())
-
-
-def _normal(std: float):
-  return nnx.initializers.normal(stddev=std)
-
-
 # --------------------------------------------------------------------------- layers
 
 
@@ -159,7 +141,7 @@ class RMSNorm(nnx.Module):
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.eps = config.layer_norm_epsilon
     self.dtype = config.dtype
-    self.scale = _param(rngs, nnx.initializers.ones, (config.d_model,), ("embed",),
+    self.scale = common.param(rngs, nnx.initializers.ones, (config.d_model,), ("embed",),
                         config.param_dtype)
 
   def __call__(self, x: Array) -> Array:
@@ -176,7 +158,7 @@ def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, bias: Array
   scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
   if bias is not None:
     scores = scores + bias
-  scores = jnp.where(mask, scores, _NEG)
+  scores = jnp.where(mask, scores, common.NEG)
   probs = jax.nn.softmax(scores, axis=-1)
   probs = dropout(probs, deterministic=rngs is None, rngs=rngs)
   return jnp.einsum("bhqk,bhkd->bqhd", probs.astype(v.dtype), v)
@@ -194,10 +176,10 @@ class Attention(nnx.Module):
     pd = config.param_dtype
     self.dtype = config.dtype
     # HF / Mesh-TF initialisation: the missing 1/sqrt(d_kv) scaling lives in q's init.
-    self.q = _param(rngs, _normal((d * kv) ** -0.5), (d, h, kv), ("embed", "heads", "kv"), pd)
-    self.k = _param(rngs, _normal(d ** -0.5), (d, h, kv), ("embed", "heads", "kv"), pd)
-    self.v = _param(rngs, _normal(d ** -0.5), (d, h, kv), ("embed", "heads", "kv"), pd)
-    self.o = _param(rngs, _normal((h * kv) ** -0.5), (h, kv, d), ("heads", "kv", "embed"), pd)
+    self.q = common.param(rngs, common.normal((d * kv) ** -0.5), (d, h, kv), ("embed", "heads", "kv"), pd)
+    self.k = common.param(rngs, common.normal(d ** -0.5), (d, h, kv), ("embed", "heads", "kv"), pd)
+    self.v = common.param(rngs, common.normal(d ** -0.5), (d, h, kv), ("embed", "heads", "kv"), pd)
+    self.o = common.param(rngs, common.normal((h * kv) ** -0.5), (h, kv, d), ("heads", "kv", "embed"), pd)
     self.dropout = nnx.Dropout(config.dropout_rate)
 
   # Projections are plain 2-D matmuls on flattened views (free reshapes of row-major arrays):
@@ -234,11 +216,11 @@ class FeedForward(nnx.Module):
     self.feed_forward_proj = config.feed_forward_proj
     self.gated = _activation(config.feed_forward_proj)[1]
     if self.gated:
-      self.wi_0 = _param(rngs, _normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
-      self.wi_1 = _param(rngs, _normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
+      self.wi_0 = common.param(rngs, common.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
+      self.wi_1 = common.param(rngs, common.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
     else:
-      self.wi = _param(rngs, _normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
-    self.wo = _param(rngs, _normal(f ** -0.5), (f, d), ("mlp", "embed"), pd)
+      self.wi = common.param(rngs, common.normal(d ** -0.5), (d, f), ("embed", "mlp"), pd)
+    self.wo = common.param(rngs, common.normal(f ** -0.5), (f, d), ("mlp", "embed"), pd)
     self.dropout = nnx.Dropout(config.dropout_rate)
 
   def __call__(self, x: Array, rngs: nnx.Rngs | None = None) -> Array:
@@ -283,7 +265,7 @@ class RelativePositionBias(nnx.Module):
     self.bidirectional = bidirectional
     self.max_distance = config.relative_attention_max_distance
     self.num_buckets = config.relative_attention_num_buckets
-    self.embedding = _param(rngs, _normal(config.d_model ** -0.5),
+    self.embedding = common.param(rngs, common.normal(config.d_model ** -0.5),
                             (self.num_buckets, config.num_heads),
                             ("relpos_buckets", "heads"), config.param_dtype)
 
@@ -376,7 +358,7 @@ class Encoder(nnx.Module):
 
   def __call__(self, x: Array, segment_ids: Array, positions: Array,
                rngs: nnx.Rngs | None) -> Array:
-    mask = _segment_mask(segment_ids, segment_ids)
+    mask = common.segment_mask(segment_ids, segment_ids)
     bias = self.relative_bias(positions, positions)
     for layer in self.layers:
       x = layer(x, mask, bias, rngs)
@@ -393,16 +375,6 @@ class Decoder(nnx.Module):
     self.dropout = nnx.Dropout(config.dropout_rate)
 
 
-def _segment_mask(q_segments: Array, k_segments: Array) -> Array:
-  """[B,Q], [B,K] -> bool [B,1,Q,K]: same segment and key not padding."""
-  m = (q_segments[:, :, None] == k_segments[:, None, :]) & (k_segments[:, None, :] != 0)
-  return m[:, None]
-
-
-def _default_positions(ids: Array) -> Array:
-  return jnp.broadcast_to(jnp.arange(ids.shape[-1], dtype=jnp.int32), ids.shape)
-
-
 # --------------------------------------------------------------------------- model
 
 
@@ -412,12 +384,12 @@ class T5(nnx.Module):
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.config = config
     d, vocab, pd = config.d_model, config.vocab_size, config.param_dtype
-    self.shared = _param(rngs, _normal(1.0), (vocab, d), ("vocab", "embed"), pd)
+    self.shared = common.param(rngs, common.normal(1.0), (vocab, d), ("vocab", "embed"), pd)
     self.encoder = Encoder(config, rngs=rngs)
     self.decoder = Decoder(config, rngs=rngs)
     if not config.tie_word_embeddings:
       # fan-in scaled, so initial logits have unit variance without HF's tied-head rescale.
-      self.lm_head = _param(rngs, _normal(d ** -0.5), (d, vocab), ("embed", "vocab"), pd)
+      self.lm_head = common.param(rngs, common.normal(d ** -0.5), (d, vocab), ("embed", "vocab"), pd)
     self.dropout = nnx.Dropout(config.dropout_rate)
 
   # ---- pieces
@@ -442,7 +414,7 @@ class T5(nnx.Module):
     if segment_ids is None:
       segment_ids = (input_ids != 0).astype(jnp.int32)
     if positions is None:
-      positions = _default_positions(input_ids)
+      positions = common.default_positions(input_ids)
     return self.encoder(self._embed(input_ids, rngs), segment_ids, positions, rngs)
 
   def decode(self, decoder_input_ids: Array, encoded: Array, encoder_segment_ids: Array,
@@ -457,13 +429,13 @@ class T5(nnx.Module):
     if decoder_segment_ids is None:
       decoder_segment_ids = jnp.ones(decoder_input_ids.shape, jnp.int32)
     if decoder_positions is None:
-      decoder_positions = _default_positions(decoder_input_ids)
+      decoder_positions = common.default_positions(decoder_input_ids)
     dec = self.decoder
     length = decoder_input_ids.shape[-1]
     causal = jnp.tril(jnp.ones((length, length), bool))
-    self_mask = _segment_mask(decoder_segment_ids, decoder_segment_ids) & causal
+    self_mask = common.segment_mask(decoder_segment_ids, decoder_segment_ids) & causal
     self_bias = dec.relative_bias(decoder_positions, decoder_positions)
-    cross_mask = _segment_mask(decoder_segment_ids, encoder_segment_ids)
+    cross_mask = common.segment_mask(decoder_segment_ids, encoder_segment_ids)
     x = self._embed(decoder_input_ids, rngs)
     for layer in dec.layers:
       x = layer(x, encoded, self_mask, self_bias, cross_mask, rngs)
@@ -533,10 +505,15 @@ class T5(nnx.Module):
     return logits, {**cache, "layers": new_layers}
 
 
+def build(config: T5Config, rngs: nnx.Rngs) -> T5:
+  return T5(config, rngs=rngs)
+
+
 # --------------------------------------------------------------------------- HF mapping
 
 
-def t5_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> T5Config:
+
+def config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> T5Config:
   """HF `config.json` dict (or `T5Config.to_dict()`) -> T5Config; `overrides` e.g. dtype.
 
   transformers v5 forces `tie_word_embeddings=True` in memory and keeps the v1.1 "untied,
@@ -569,113 +546,65 @@ def t5_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> T5Confi
   return T5Config(**kwargs)
 
 
-def _hf_mapping(model: T5) -> list[tuple[str, nnx.Param, Any, Any]]:
-  """(hf_name, param, to_ours(np from torch layout), to_hf) for every parameter of `model`."""
+def hf_config(config: T5Config) -> dict[str, Any]:
+  """config.json for transformers' T5ForConditionalGeneration (the inverse of `config_from_hf`)."""
+  return dict(
+      architectures=["T5ForConditionalGeneration"], model_type="t5", vocab_size=config.vocab_size,
+      d_model=config.d_model, d_kv=config.d_kv, d_ff=config.d_ff, num_heads=config.num_heads,
+      num_layers=config.num_encoder_layers, num_decoder_layers=config.num_decoder_layers,
+      relative_attention_num_buckets=config.relative_attention_num_buckets,
+      relative_attention_max_distance=config.relative_attention_max_distance,
+      dropout_rate=config.dropout_rate, layer_norm_epsilon=config.layer_norm_epsilon,
+      feed_forward_proj=config.feed_forward_proj, tie_word_embeddings=config.tie_word_embeddings,
+      is_encoder_decoder=True, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+
+def hf_mapping(model: T5) -> list[hf.Tensor]:
+  """Every parameter of `model` with its name and layout in HF `T5ForConditionalGeneration`."""
   cfg = model.config
   h, kv, d = cfg.num_heads, cfg.d_kv, cfg.d_model
-  ident = (lambda w: w, lambda w: w)
-  linear = (lambda w: w.T, lambda w: w.T)  # torch Linear stores [out, in]
-  qkv = (lambda w: w.T.reshape(d, h, kv), lambda w: w.reshape(d, h * kv).T)
-  out = (lambda w: w.T.reshape(h, kv, d), lambda w: w.reshape(h * kv, d).T)
-  rows: list[tuple[str, nnx.Param, Any, Any]] = []
-
-  def add(name, param, fns):
-    rows.append((name, param, *fns))
+  rows: list[hf.Tensor] = []
 
   def attention(prefix, att):
     for n in "qkv":
-      add(f"{prefix}.{n}.weight", getattr(att, n), qkv)
-    add(f"{prefix}.o.weight", att.o, out)
+      rows.append(hf.Tensor(f"{prefix}.{n}.weight", getattr(att, n),
+                            lambda w: w.T.reshape(d, h, kv), lambda w: w.reshape(d, h * kv).T))
+    rows.append(hf.Tensor(f"{prefix}.o.weight", att.o,
+                          lambda w: w.T.reshape(h, kv, d), lambda w: w.reshape(h * kv, d).T))
 
   def ffn(prefix, ff):
-    names = ("wi_0", "wi_1", "wo") if ff.gated else ("wi", "wo")
-    for n in names:
-      add(f"{prefix}.DenseReluDense.{n}.weight", getattr(ff, n), linear)
+    for n in (("wi_0", "wi_1", "wo") if ff.gated else ("wi", "wo")):
+      rows.append(hf.linear(f"{prefix}.DenseReluDense.{n}.weight", getattr(ff, n)))
 
-  add("shared.weight", model.shared, ident)
+  rows.append(hf.Tensor("shared.weight", model.shared))
   for stack_name, stack in (("encoder", model.encoder), ("decoder", model.decoder)):
-    add(f"{stack_name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-        stack.relative_bias.embedding, ident)
+    rows.append(hf.Tensor(f"{stack_name}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                          stack.relative_bias.embedding))
     for i, layer in enumerate(stack.layers):
       p = f"{stack_name}.block.{i}.layer"
       attention(f"{p}.0.SelfAttention", layer.self_attn)
-      add(f"{p}.0.layer_norm.weight", layer.self_attn_norm.scale, ident)
+      rows.append(hf.Tensor(f"{p}.0.layer_norm.weight", layer.self_attn_norm.scale))
       ff_idx = 1
       if stack_name == "decoder":
         attention(f"{p}.1.EncDecAttention", layer.cross_attn)
-        add(f"{p}.1.layer_norm.weight", layer.cross_attn_norm.scale, ident)
+        rows.append(hf.Tensor(f"{p}.1.layer_norm.weight", layer.cross_attn_norm.scale))
         ff_idx = 2
       ffn(f"{p}.{ff_idx}", layer.ff)
-      add(f"{p}.{ff_idx}.layer_norm.weight", layer.ff_norm.scale, ident)
-    add(f"{stack_name}.final_layer_norm.weight", stack.final_norm.scale, ident)
+      rows.append(hf.Tensor(f"{p}.{ff_idx}.layer_norm.weight", layer.ff_norm.scale))
+    rows.append(hf.Tensor(f"{stack_name}.final_layer_norm.weight", stack.final_norm.scale))
   if not cfg.tie_word_embeddings:
-    add("lm_head.weight", model.lm_head, linear)
+    rows.append(hf.linear("lm_head.weight", model.lm_head))
   return rows
 
 
-# Names HF keeps as aliases of `shared.weight` (tied copies); safe to ignore on import.
-_HF_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+# Tied copies of `shared.weight` HF writes (and lm_head when tied): read and dropped.
+HF_IGNORED = (r"encoder\.embed_tokens\.weight", r"decoder\.embed_tokens\.weight", r"lm_head\.weight")
 
 
-def _place(value: np.ndarray, like: Any, dtype: DType) -> Array:
-  """Puts a host array onto the sharding of what it replaces (multi-host safe).
-
-  `like` may be a concrete array or a `jax.ShapeDtypeStruct` from an abstract model
-  (`nnx.eval_shape`), so checkpoints load without materialising a random init first.
-  """
-  value = np.asarray(value, dtype=dtype)
-  sharding = getattr(like, "sharding", None)
-  if isinstance(sharding, jax.sharding.Sharding) and not isinstance(
-      sharding, jax.sharding.SingleDeviceSharding):
-    if isinstance(sharding, jax.sharding.NamedSharding) and isinstance(
-        sharding.mesh, jax.sharding.AbstractMesh):
-      sharding = jax.sharding.NamedSharding(_concrete_mesh(sharding.mesh), sharding.spec)
-    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
-  return jnp.asarray(value)
-
-
-def _concrete_mesh(abstract: jax.sharding.AbstractMesh) -> jax.sharding.Mesh:
-  mesh = jax.sharding.get_mesh() if hasattr(jax.sharding, "get_mesh") else None
-  if mesh is None or getattr(mesh, "empty", True) or mesh.shape_tuple != abstract.shape_tuple:
-    raise ValueError("loading into an abstract model sharded over an AbstractMesh needs the "
-                     "concrete mesh active: wrap the call in `with jax.set_mesh(mesh):`")
-  return mesh
-
-
-def load_hf_t5_state_dict(model: T5, state_dict: Mapping[str, Any]) -> None:
-  """Assigns HF `T5ForConditionalGeneration` weights (numpy, torch layout) into `model` in place.
-
-  Works on a concrete model and on an abstract one from `nnx.eval_shape` (each value is
-  placed with the target's sharding). Strict: every model parameter must be present with
-  the expected shape; unexpected keys (other than the tied embedding aliases, and lm_head
-  for a tied model) raise.
-  """
-  rows = _hf_mapping(model)
-  known = {name for name, *_ in rows}
-  ignorable = set(_HF_ALIASES)
-  if model.config.tie_word_embeddings:
-    ignorable.add("lm_head.weight")
-  unexpected = sorted(set(state_dict) - known - ignorable)
-  missing = sorted(known - set(state_dict))
-  if missing or unexpected:
-    raise ValueError(f"HF T5 state dict mismatch: missing={missing[:8]}"
-                     f"{'...' if len(missing) > 8 else ''} unexpected={unexpected[:8]}"
-                     f"{'...' if len(unexpected) > 8 else ''}")
-  for name, param, to_ours, _ in rows:
-    value = to_ours(np.asarray(state_dict[name]))
-    target = param.get_value()
-    if value.shape != tuple(target.shape):
-      raise ValueError(f"{name}: shape {value.shape} (after layout change) does not match "
-                       f"the model's {tuple(target.shape)}")
-    param.set_value(_place(value, target, model.config.param_dtype))
-
-
-def to_hf_t5_state_dict(model: T5) -> dict[str, np.ndarray]:
-  """The inverse of `load_hf_t5_state_dict`: HF names -> float32 numpy in torch layout."""
-  out = {name: np.asarray(to_hf(np.asarray(jax.device_get(param[...]), np.float32)))
-         for name, param, _, to_hf in _hf_mapping(model)}
-  for alias in _HF_ALIASES:
+def hf_aliases(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Adds the tied copies HF's own state dict has, so an export mirrors `model.state_dict()`."""
+  out = dict(tensors)
+  for alias in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
     out[alias] = out["shared.weight"]
-  if model.config.tie_word_embeddings:
-    out["lm_head.weight"] = out["shared.weight"]
+  out.setdefault("lm_head.weight", out["shared.weight"])
   return out

@@ -1,0 +1,290 @@
+"""Hugging Face checkpoints: a local HF directory <-> a jaxdistill NNX model, for every family.
+
+    model = hf.load("path/to/hf_dir", mesh=mesh, rules=config.logical_axis_rules)
+    hf.load_weights(model, "path/to/hf_dir")   # into an existing (sharded) model, in place
+    hf.save(model, "out_dir", tokenizer=tok)   # config.json + model.safetensors (+ tokenizer)
+
+A directory is `config.json` plus `model.safetensors` or sharded `model-0000i-of-0000n.safetensors`
+with `model.safetensors.index.json`. Tensors are read one at a time (safetensors, numpy) and
+each is placed straight onto the sharding of the parameter it fills, so a checkpoint never sits
+whole on one device.
+
+Family contract: each family module (`t5`, `bert`, `deberta`, `llama`) defines
+    (registered in FAMILIES below by the HF `model_type` values it reads)
+    config_from_hf(d, **kw)  HF config dict -> the family's config (kw overrides: dtype, ...)
+    hf_config(config)        -> the config.json dict transformers loads (incl. "architectures")
+    hf_mapping(model)        -> [Tensor(hf_name, param, to_ours, to_hf), ...] for every param
+    HF_IGNORED               regexes of checkpoint names read and dropped (tied aliases, buffers)
+    HF_PREFIXES (optional)   base-model prefixes of task checkpoints ("bert.", "deberta.")
+    hf_aliases(d) (optional) adds the tied copies transformers' own state dict has, on export
+    build(config, rngs)      -> a new model
+and its model class records its config as `model.config`. `family_of(model)` is the module
+that defines the model's class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import os
+import re
+import sys
+import types
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+  """One checkpoint tensor: its HF name, the parameter it fills, and the layout changes."""
+  name: str
+  param: nnx.Param
+  to_ours: Callable[[np.ndarray], np.ndarray] = lambda w: w
+  to_hf: Callable[[np.ndarray], np.ndarray] = lambda w: w
+
+
+def linear(name: str, param: nnx.Param) -> Tensor:
+  """A torch `nn.Linear` weight ([out, in]) stored by us as [in, out]."""
+  return Tensor(name, param, lambda w: w.T, lambda w: w.T)
+
+
+# --------------------------------------------------------------------------- families
+
+
+# HF model_type -> family module (imported on first use).
+FAMILIES = {
+    "t5": "t5",
+    "bert": "bert", "roberta": "bert",
+    "deberta-v2": "deberta",
+    "llama": "llama", "qwen2": "llama", "qwen3": "llama", "mistral": "llama",
+}
+
+
+def family_module(model_type: str) -> types.ModuleType:
+  return importlib.import_module(f"jaxdistill.models.{FAMILIES[model_type]}")
+
+
+def family_of(model: nnx.Module) -> types.ModuleType:
+  return sys.modules[type(model).__module__]
+
+
+def read_config(path: str) -> dict[str, Any]:
+  file = os.path.join(path, CONFIG)
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no {CONFIG})")
+  with open(file) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{file}: invalid JSON ({e})") from e
+
+
+def family_for(hf_config: Mapping[str, Any], where: str = "config.json") -> types.ModuleType:
+  model_type = hf_config.get("model_type")
+  if model_type not in FAMILIES:
+    raise ValueError(f"{where}: model_type {model_type!r} is not supported; known: {sorted(FAMILIES)}")
+  return family_module(model_type)
+
+
+# --------------------------------------------------------------------------- reading tensors
+
+
+class CheckpointTensors(Mapping[str, np.ndarray]):
+  """Lazy name -> numpy view of a directory's safetensors files (single or sharded)."""
+
+  def __init__(self, path: str):
+    from safetensors import safe_open
+    self.path = path
+    index = os.path.join(path, INDEX)
+    if os.path.isfile(index):
+      with open(index) as f:
+        weight_map = json.load(f)["weight_map"]
+      files = sorted(set(weight_map.values()))
+    elif os.path.isfile(os.path.join(path, WEIGHTS)):
+      files = [WEIGHTS]
+      weight_map = None
+    else:
+      bins = [f for f in os.listdir(path) if f.endswith(".bin")]
+      hint = " (PyTorch .bin found: convert it with transformers' save_pretrained(safe_serialization=True))" if bins else ""
+      raise FileNotFoundError(f"{path}: no {WEIGHTS} or {INDEX}{hint}")
+    self._handles = {f: safe_open(os.path.join(path, f), framework="np") for f in files}
+    if weight_map is None:
+      weight_map = {k: WEIGHTS for k in self._handles[WEIGHTS].keys()}
+    self._where = weight_map
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    if name not in self._where:
+      raise KeyError(f"{self.path}: no tensor {name!r}")
+    return self._handles[self._where[name]].get_tensor(name)
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._where)
+
+  def __len__(self) -> int:
+    return len(self._where)
+
+
+# --------------------------------------------------------------------------- placing
+
+
+def _concrete_mesh(abstract: jax.sharding.AbstractMesh) -> jax.sharding.Mesh:
+  mesh = jax.sharding.get_mesh() if hasattr(jax.sharding, "get_mesh") else None
+  if mesh is None or getattr(mesh, "empty", True) or mesh.shape_tuple != abstract.shape_tuple:
+    raise ValueError("loading into an abstract model sharded over an AbstractMesh needs the "
+                     "concrete mesh active: wrap the call in `with jax.set_mesh(mesh):`")
+  return mesh
+
+
+def place(value: np.ndarray, like: Any, dtype: Any) -> jax.Array:
+  """Puts a host array onto the sharding of what it replaces (multi-host safe).
+
+  `like` may be a concrete array or a `jax.ShapeDtypeStruct` (an abstract model from
+  `nnx.eval_shape`), so checkpoints load without materialising a random init first.
+  """
+  value = np.asarray(value, dtype=dtype)
+  sharding = getattr(like, "sharding", None)
+  if isinstance(sharding, jax.sharding.Sharding) and not isinstance(sharding, jax.sharding.SingleDeviceSharding):
+    if isinstance(sharding, jax.sharding.NamedSharding) and isinstance(sharding.mesh, jax.sharding.AbstractMesh):
+      sharding = jax.sharding.NamedSharding(_concrete_mesh(sharding.mesh), sharding.spec)
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+  return jnp.asarray(value)
+
+
+def load_weights(model: nnx.Module, weights: str | Mapping[str, Any], *, strict: bool = True) -> None:
+  """Fills every parameter of `model` from HF-named tensors (a directory or a mapping), in place.
+
+  Each value is converted to our layout, checked against the parameter's shape and placed on
+  its sharding. `strict`: checkpoint names that are neither mapped nor in the family's
+  HF_IGNORED raise (a wrong architecture fails loudly instead of half-loading).
+  """
+  where = weights if isinstance(weights, str) else "state dict"
+  tensors = CheckpointTensors(weights) if isinstance(weights, str) else weights
+  family = family_of(model)
+  rows = family.hf_mapping(model)
+  known = {row.name for row in rows}
+  tensors = _without_task_prefix(tensors, known, getattr(family, "HF_PREFIXES", ()))
+  missing = sorted(known - set(tensors))
+  ignored = [re.compile(p) for p in family.HF_IGNORED]
+  unexpected = sorted(n for n in set(tensors) - known if not any(p.fullmatch(n) for p in ignored))
+  if missing or (strict and unexpected):
+    raise ValueError(f"{where}: checkpoint does not match the {family.__name__.rsplit('.', 1)[-1]} model: "
+                     f"missing={_head(missing)} unexpected={_head(unexpected)}")
+  param_dtype = getattr(model.config, "param_dtype", jnp.float32)
+  for row in rows:
+    value = row.to_ours(np.asarray(tensors[row.name], np.float32))
+    target = row.param.get_value()
+    if tuple(value.shape) != tuple(target.shape):
+      raise ValueError(f"{where}: {row.name} has shape {tuple(value.shape)} (in our layout) but the "
+                       f"model expects {tuple(target.shape)}; does config.json match the weights?")
+    row.param.set_value(place(value, target, param_dtype))
+
+
+class _Renamed(Mapping[str, np.ndarray]):
+  def __init__(self, tensors: Mapping[str, Any], prefix: str):
+    self._t, self._p = tensors, prefix
+    self._names = [n[len(prefix):] if n.startswith(prefix) else n for n in tensors]
+
+  def __getitem__(self, name):
+    return self._t[self._p + name] if self._p + name in self._t else self._t[name]
+
+  def __iter__(self):
+    return iter(self._names)
+
+  def __len__(self):
+    return len(self._names)
+
+
+def _without_task_prefix(tensors, known: set[str], prefixes) -> Mapping[str, Any]:
+  """A task model's checkpoint (e.g. `BertForSequenceClassification`: "bert.embeddings...")
+  read as the base model's names when the base names are absent."""
+  if known & set(tensors):
+    return tensors
+  for prefix in prefixes:
+    if any(prefix + name in tensors for name in known):
+      return _Renamed(tensors, prefix)
+  return tensors
+
+
+def _head(names: list[str], n: int = 8) -> str:
+  return str(names[:n])[:-1] + (f", ... {len(names) - n} more]" if len(names) > n else "]")
+
+
+def load(path: str, *, mesh: jax.sharding.Mesh | None = None, rules=None, **overrides: Any) -> nnx.Module:
+  """A model of the directory's family and config with its weights, sharded over `mesh` by
+  `rules` (logical axis rules) when given. `overrides` go to the family's config (dtype, ...)."""
+  hf_config = read_config(path)
+  family = family_for(hf_config, os.path.join(path, CONFIG))
+  config = family.config_from_hf(hf_config, **overrides)
+  context = contextlib.nullcontext()
+  if mesh is not None:
+    context = _mesh_context(mesh, rules)
+  with context:
+    model = nnx.eval_shape(lambda: family.build(config, nnx.Rngs(0)))
+    load_weights(model, path)
+  _check_all_loaded(model, path)
+  return model
+
+
+@contextlib.contextmanager
+def _mesh_context(mesh, rules):
+  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (rules or ()))
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), nnx.use_eager_sharding(True):
+    yield
+
+
+def _check_all_loaded(model: nnx.Module, where: str) -> None:
+  abstract = [jax.tree_util.keystr(p) for p, v in jax.tree_util.tree_flatten_with_path(nnx.state(model))[0]
+              if isinstance(v, jax.ShapeDtypeStruct)]
+  if abstract:
+    raise ValueError(f"{where}: the checkpoint left parameters unset: {_head(abstract)}")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+  """HF name -> float32 numpy in torch layout (the inverse of `load_weights`)."""
+  family = family_of(model)
+  out = {row.name: np.ascontiguousarray(row.to_hf(np.asarray(jax.device_get(row.param[...]), np.float32)))
+         for row in family.hf_mapping(model)}
+  return family.hf_aliases(out) if hasattr(family, "hf_aliases") else out
+
+
+def save(model: nnx.Module, path: str, *, tokenizer=None) -> None:
+  """Writes `config.json` and `model.safetensors` (and the tokenizer, when it can save itself)
+  so that transformers' `AutoModel*.from_pretrained(path)` loads the model. Written to a
+  temporary directory first and renamed into place: an interrupted export leaves no half model."""
+  from safetensors.numpy import save_file
+  family = family_of(model)
+  tmp = path.rstrip("/") + ".tmp"
+  os.makedirs(tmp, exist_ok=True)
+  tensors = state_dict(model)
+  # safetensors refuses shared memory between tensors: tied aliases are written as copies.
+  seen: dict[int, str] = {}
+  for name, value in tensors.items():
+    if id(value) in seen:
+      tensors[name] = value.copy()
+    seen[id(value)] = name
+  save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
+  with open(os.path.join(tmp, CONFIG), "w") as f:
+    json.dump(family.hf_config(model.config), f, indent=2, sort_keys=True)
+  if tokenizer is not None and hasattr(tokenizer, "save"):
+    tokenizer.save(tmp)
+  if os.path.exists(path):
+    old = path.rstrip("/") + ".old"
+    os.replace(path, old)
+    os.replace(tmp, path)
+    import shutil
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.replace(tmp, path)
