@@ -49,11 +49,25 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- model ------------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
-  model.preset = "t5-mini"  # t5-tiny | t5-mini | t5-small | t5-base
-  model.tokenizer = "bpe"  # bpe | wordpiece | byte (offline, trained on the data) or an HF name / local path
+  # A shape by name (random init; jaxdistill/models/students.py PRESETS): seq2seq t5-tiny | t5-mini |
+  # t5-small | t5-base | flan-t5-base; encoder + heads bert-tiny | minilm-l6 | bert-base | deberta-tiny |
+  # deberta-v3-xsmall | deberta-v3-base; decoder llama-tiny | smollm2-135m | qwen2.5-0.5b | qwen3-0.6b |
+  # llama-3.2-1b. Or a local Hugging Face directory in `checkpoint` (its config.json picks the family).
+  model.preset = "t5-mini"
+  model.checkpoint = ""
+  # auto: the checkpoint's tokenizer, else a BPE trained on the data; or bpe | wordpiece | byte | an HF
+  # tokenizer name / local path.
+  model.tokenizer = "auto"
   model.vocab_size = 1024  # for trained tokenizers
   model.dtype = "float32"  # activation dtype: float32 | bfloat16
   model.dropout_rate = 0.0
+  # Encoder students (bert / deberta): classification head + explanation decoder (models/heads.py).
+  model.heads = ml_collections.ConfigDict()
+  model.heads.pooling = "first"  # first (the record's first token) | mean
+  model.heads.decoder_layers = 2
+  model.heads.decoder_heads = 4
+  model.heads.decoder_mlp = 0  # 0 = 4 x the encoder width
+  model.heads.max_target_len = 512
 
   # --- training ---------------------------------------------------------------
   config.train = train = ml_collections.ConfigDict()
@@ -92,6 +106,8 @@ def get_config() -> ml_collections.ConfigDict:
       ("mlp", "tensor"),
       ("heads", "tensor"),
       ("kv", None),
+      ("kv_heads", "tensor"),
+      ("classes", None),
       ("relpos_buckets", None),
       ("length", None),
   ]

@@ -1,4 +1,7 @@
-"""Evaluation: label accuracy from greedy decoding, rationale perplexity from teacher forcing.
+"""Evaluation: label accuracy, rationale perplexity from teacher forcing.
+
+Labels come from greedy decoding (seq2seq and decoder-only students: the generated text must
+equal the label) or from the classification head (encoder students: argmax over the label set).
 
 Every host holds the whole (small) eval split, builds the same padded batches and places its
 part of each global batch; results are gathered back, so single- and multi-host runs agree.
@@ -33,6 +36,11 @@ def _to_host(x: jax.Array) -> np.ndarray:
 
 
 @nnx.jit
+def _classify(model, input_ids, segment_ids):
+  return model.classify(input_ids, segment_ids)
+
+
+@nnx.jit
 def _rationale_nll(model, batch):
   """Sum of rationale-token negative log-likelihood and the token count of one batch."""
   logits = model(batch)["logits"]
@@ -44,8 +52,8 @@ def _rationale_nll(model, batch):
 class Evaluator:
   """Holds the prepared dev/test batches; `evaluate(model, split)` returns a metrics dict."""
 
-  def __init__(self, config, dataset, tokenizer, mesh):
-    self.tokenizer, self.mesh = tokenizer, mesh
+  def __init__(self, config, dataset, tokenizer, mesh, kind: str = "seq2seq"):
+    self.tokenizer, self.mesh, self.kind, self.labels = tokenizer, mesh, kind, dataset.labels
     self.max_label_len = int(config.eval.max_label_len)
     self.perplexity = bool(config.eval.rationale_perplexity)
     batch_size = int(config.eval.batch_size)
@@ -56,8 +64,7 @@ class Evaluator:
       if limit >= 0:
         examples = examples[:limit]
       self.examples[split] = examples
-      label_records = [formats.Seq2SeqRecord(formats.label_prompt(ex), ex.label, formats.LABEL, 1.0, ex.id)
-                       for ex in examples]
+      label_records = [formats.label_record(ex, dataset.labels) for ex in examples]
       self.label_batches[split] = pipeline.make_eval_batches(
           label_records, tokenizer, batch_size, config.data.max_source_len, self.max_label_len)
       rng = np.random.default_rng(config.data.seed)
@@ -72,13 +79,26 @@ class Evaluator:
 
   def predict_labels(self, model, split: str) -> list[str]:
     predictions: list[str] = [""] * len(self.examples[split])
+    tok = self.tokenizer
     for batch, indices in self.label_batches[split]:
-      glob = _to_global({k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}, self.mesh)
-      ids = _to_host(decode.greedy_decode(model, glob["encoder_input_ids"], glob["encoder_segment_ids"],
-                                          max_len=self.max_label_len, eos_id=self.tokenizer.eos_id))
+      if self.kind == "encoder":
+        glob = _to_global({k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}, self.mesh)
+        classes = np.argmax(_to_host(_classify(model, glob["encoder_input_ids"], glob["encoder_segment_ids"])), -1)
+        texts = [self.labels[c] for c in classes]
+      else:
+        if self.kind == "decoder":
+          prompt, mask = pipeline.left_padded_prompts(batch, tok.pad_id, tok.eos_id)
+          glob = _to_global({"prompt": prompt, "mask": mask}, self.mesh)
+          ids = decode.causal_lm_generate(model, glob["prompt"], glob["mask"], max_new_tokens=self.max_label_len,
+                                          eos_id=tok.eos_id)
+        else:
+          glob = _to_global({k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}, self.mesh)
+          ids = decode.greedy_decode(model, glob["encoder_input_ids"], glob["encoder_segment_ids"],
+                                     max_len=self.max_label_len, eos_id=tok.eos_id)
+        texts = [tok.decode(row.tolist()).strip() for row in _to_host(ids)]
       for row, index in enumerate(indices):
         if index >= 0:
-          predictions[index] = self.tokenizer.decode(ids[row].tolist()).strip()
+          predictions[index] = texts[row]
     return predictions
 
   def evaluate(self, model, split: str) -> dict[str, Any]:
@@ -89,6 +109,8 @@ class Evaluator:
     if self.rationale_batches[split]:
       nll, count = 0.0, 0.0
       for batch, _ in self.rationale_batches[split]:
+        if self.kind == "decoder":
+          batch = pipeline.causal_lm_rows(batch, self.tokenizer.pad_id, self.tokenizer.eos_id)
         batch_nll, batch_count = _rationale_nll(model, _to_global(batch, self.mesh))
         nll, count = nll + float(batch_nll), count + float(batch_count)
       metrics["rationale_perplexity"] = math.exp(nll / max(count, 1.0))

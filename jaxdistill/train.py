@@ -14,7 +14,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -25,9 +24,8 @@ from flax import nnx
 from jaxdistill import checkpoint, evaluate, partitioning
 from jaxdistill.data import formats, pipeline, sources
 from jaxdistill.data import tokenizer as tokenizer_lib
-from jaxdistill.models import t5
+from jaxdistill.models import students
 from jaxdistill.objectives import losses
-
 
 # --------------------------------------------------------------------------- optimizer
 
@@ -70,7 +68,11 @@ class Student:
   """The sharded student: graph definition, state shardings and jitted functions."""
   graphdef: Any
   shardings: Any  # NamedShardings of the (model, optimizer) state
-  model_config: Any
+  spec: students.Spec
+
+  @property
+  def kind(self) -> str:
+    return self.spec.kind
 
   def model(self, state) -> nnx.Module:
     return nnx.merge(self.graphdef, state)[0]
@@ -79,28 +81,32 @@ class Student:
     return nnx.state(self.model(state))
 
 
-def build_student(config, vocab_size: int, mesh) -> tuple[Student, Any]:
-  """Creates the student and its optimizer directly into their shardings; returns (student, state)."""
-  model_config = t5.get_config(
-      config.model.preset, vocab_size=vocab_size, dtype=jnp.dtype(config.model.dtype),
-      dropout_rate=float(config.model.dropout_rate))
+def build_student(config, vocab_size: int, mesh, num_classes: int = 0) -> tuple[Student, Any]:
+  """Creates the student and its optimizer directly into their shardings, loading
+  `config.model.checkpoint` when given; returns (student, state)."""
+  spec = students.spec(config.model, vocab_size, num_classes)
   tx = make_optimizer(config.train)
 
   def create():
     # Eager sharding needs a mesh at construction; we place arrays through jit's out_shardings instead.
     with nnx.use_eager_sharding(False):
-      model = t5.T5(model_config, rngs=nnx.Rngs(params=config.seed))
+      model = students.build(spec, nnx.Rngs(params=config.seed))
       return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
   abstract_model, abstract_opt = nnx.eval_shape(create)
   graphdef, abstract_state = nnx.split((abstract_model, abstract_opt))
   shardings = partitioning.state_shardings(abstract_state, mesh, config.logical_axis_rules)
   state = jax.jit(lambda: nnx.state(create()), out_shardings=shardings)()
-  return Student(graphdef, shardings, model_config), state
+  student = Student(graphdef, shardings, spec)
+  if spec.checkpoint:  # each tensor goes straight onto its parameter's sharding
+    model, optimizer = nnx.merge(graphdef, state)
+    students.load_checkpoint(spec, model)
+    state = nnx.state((model, optimizer))
+  return student, state
 
 
 def make_train_step(student: Student, config, mesh):
-  terms = losses.objective_terms(config.objective)
+  terms = losses.objective_terms(config.objective, student.kind)
   schedule = make_schedule(config.train)
   base_key = jax.random.key(config.seed)
 
@@ -145,6 +151,17 @@ def row_shape(data: ml_collections.ConfigDict, records, tokenizer) -> tuple[int,
   return shape
 
 
+def tokenizer_spec(model: ml_collections.ConfigDict) -> str:
+  """config.model.tokenizer, where "auto" = the checkpoint's own tokenizer, else a trained BPE."""
+  if model.tokenizer != "auto":
+    return model.tokenizer
+  return students.checkpoint_dir(model.checkpoint) or "bpe"
+
+
+def student_name(model: ml_collections.ConfigDict) -> str:
+  return model.checkpoint or model.preset
+
+
 def _write_metrics_json(workdir: str, metrics: dict) -> None:
   path = os.path.join(workdir, "metrics.json")
   tmp = path + ".tmp"
@@ -177,13 +194,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("data: %s", {k: len(v) for k, v in dataset.splits.items()})
 
   tokenizer = tokenizer_lib.load_tokenizer(
-      config.model.tokenizer, texts=formats.tokenizer_corpus(dataset.splits["train"], dataset.rationales, dataset.labels),
+      tokenizer_spec(config.model), texts=formats.tokenizer_corpus(dataset.splits["train"], dataset.rationales, dataset.labels),
       save_dir=os.path.join(workdir, "tokenizer") if is_chief else None,
       vocab_size=int(config.model.vocab_size))
 
-  student, state = build_student(config, tokenizer.vocab_size, mesh)
+  student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()))
   n_params = sum(x.size for x in jax.tree.leaves(student.params(state)))
-  logging.info("student %s: %.2fM parameters", config.model.preset, n_params / 1e6)
+  logging.info("student %s (%s, %s): %.2fM parameters", student_name(config.model), student.spec.family,
+               student.kind, n_params / 1e6)
 
   process_count = jax.process_count()
   logging.info("host %d of %d: reads training records %d::%d of %d examples",
@@ -213,7 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored is not None:
     start_step, state, meta = restored
 
-  evaluator = evaluate.Evaluator(config, dataset, tokenizer, mesh)
+  evaluator = evaluate.Evaluator(config, dataset, tokenizer, mesh, student.kind)
   train_step = make_train_step(student, config, mesh)
   preemption = checkpoint.PreemptionFlag()
   report = periodic_actions.ReportProgress(num_train_steps=config.train.steps, writer=writer)
@@ -232,7 +250,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_metrics = []
   stopped_early = False
   while step < config.train.steps:
-    batch = partitioning.global_batch(next(train_iter), mesh)
+    batch = partitioning.global_batch(students.train_batch(student.kind, next(train_iter), tokenizer), mesh)
     state, metrics = train_step(state, batch)
     step += 1
     train_metrics.append(metrics)
@@ -283,7 +301,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "data": {"source": config.data.source, "task": dataset.task,
                **{f"{k}_examples": len(v) for k, v in dataset.splits.items()},
                "skipped": dict(dataset.skipped)},
-      "model": {"preset": config.model.preset, "parameters": int(n_params)},
+      "model": {"student": student_name(config.model), "family": student.spec.family, "kind": student.kind,
+                "parameters": int(n_params)},
       "mesh": dict(mesh.shape),
   }
   if is_chief:

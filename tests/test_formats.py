@@ -45,7 +45,9 @@ def test_prompts():
 
 def test_baseline_is_label_only():
   recs = formats.records_for_example(EX, RATS, _obj("baseline"), LABELS, None)
-  assert recs == [formats.Seq2SeqRecord(formats.label_prompt(EX), "entailment", LABEL, 1.0, "e1")]
+  # class_id: the label's index in the task's label set (read by encoder students' heads).
+  assert recs == [formats.Seq2SeqRecord(formats.label_prompt(EX), "entailment", LABEL, 1.0, "e1",
+                                        LABELS.index("entailment"))]
 
 
 def test_human_all_explanations_weights_sum_to_one():

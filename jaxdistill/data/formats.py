@@ -49,6 +49,7 @@ class Seq2SeqRecord:
   task_id: int  # LABEL=0, RATIONALE=1
   weight: float  # loss weight multiplier of this record's target tokens
   example_id: str
+  class_id: int = -1  # label records of a classification task: the label's index (encoder heads)
 
 
 def input_text(ex: Example) -> str:
@@ -64,6 +65,14 @@ def label_prompt(ex: Example) -> str:
 def rationale_prompt(ex: Example) -> str:
   """Source text that decodes a rationale."""
   return TASK_PREFIX[RATIONALE] + input_text(ex)
+
+
+def label_record(ex: Example, labels: Sequence[str] | None, target: str | None = None) -> Seq2SeqRecord:
+  """The record that predicts the label (training and evaluation); `class_id` is the label's
+  index in `labels` when the task has a label set."""
+  target = ex.label if target is None else target
+  class_id = list(labels).index(target) if labels is not None and target in labels else -1
+  return Seq2SeqRecord(label_prompt(ex), target, LABEL, 1.0, ex.id, class_id)
 
 
 def teacher_label(ex: Example, rationales: Sequence[Rationale], labels: Sequence[str] | None) -> str:
@@ -124,7 +133,7 @@ def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_
   rationales = list(rationales or ())
 
   target = ex.label if label_source == "gold" else teacher_label(ex, rationales, labels)
-  out = [Seq2SeqRecord(label_prompt(ex), target, LABEL, 1.0, ex.id)]
+  out = [label_record(ex, labels, target)]
 
   # Sources of rationale text with their relative weights.
   sources: list[tuple[list[str], float]] = []

@@ -60,31 +60,37 @@ Batch = dict[str, np.ndarray]
 Records = Union[Sequence[Seq2SeqRecord], Callable[[int], Sequence[Seq2SeqRecord]]]
 
 BATCH_KEYS = (
-    "encoder_input_ids", "encoder_segment_ids", "encoder_positions",
+    "encoder_input_ids", "encoder_segment_ids", "encoder_positions", "encoder_labels",
     "decoder_input_ids", "decoder_target_ids", "decoder_segment_ids", "decoder_positions",
     "decoder_loss_weights", "decoder_task_ids",
 )
 # Per-record features before packing/padding: name -> (stream, dtype).
 _FEATURES = {
     "encoder_input_ids": ("source", np.int32),
+    "encoder_labels": ("source", np.int32),
     "decoder_input_ids": ("target", np.int32),
     "decoder_target_ids": ("target", np.int32),
     "decoder_loss_weights": ("target", np.float32),
     "decoder_task_ids": ("target", np.int32),
 }
 # Packed along with the others but sharing the segment ids / positions of the anchor.
-_PACK_META = ("decoder_input_ids", "decoder_loss_weights", "decoder_task_ids")
+_PACK_META = ("encoder_labels", "decoder_input_ids", "decoder_loss_weights", "decoder_task_ids")
 
 
 def tokenize_record(record: Seq2SeqRecord, tokenizer: Tokenizer, max_source_len: int,
                     max_target_len: int, encode: Callable[[str], list[int]] | None = None
                     ) -> dict[str, np.ndarray]:
-  """Unpadded features of one record. Over-long sequences are truncated (EOS may be cut)."""
+  """Unpadded features of one record. Over-long sequences are truncated (EOS may be cut).
+  `encoder_labels` is 1 + the record's class id at its first source token, 0 elsewhere."""
   encode = encode or tokenizer.encode
   src = list(encode(record.source)[:max_source_len])
   tgt = list(encode(record.target)[:max_target_len])
+  labels = np.zeros(len(src), np.int32)
+  if record.class_id >= 0 and len(src):
+    labels[0] = record.class_id + 1  # classification heads read a record's first token
   return {
       "encoder_input_ids": np.asarray(src, np.int32),
+      "encoder_labels": labels,
       "decoder_input_ids": np.asarray([tokenizer.pad_id] + tgt[:-1], np.int32),
       "decoder_target_ids": np.asarray(tgt, np.int32),
       "decoder_loss_weights": np.full(len(tgt), record.weight, np.float32),
@@ -214,6 +220,7 @@ class _RenamePacked(grain.transforms.Map):
         "encoder_input_ids": x["encoder_input_ids"],
         "encoder_segment_ids": x["encoder_input_ids_segment_ids"],
         "encoder_positions": x["encoder_input_ids_positions"],
+        "encoder_labels": x["encoder_labels"],
         "decoder_input_ids": x["decoder_input_ids"],
         "decoder_target_ids": x["decoder_target_ids"],
         "decoder_segment_ids": x["decoder_target_ids_segment_ids"],
@@ -524,3 +531,67 @@ def packing_efficiency(batches: Iterable[Batch]) -> dict[str, float]:
 def take(iterator: Iterator[Batch], n: int) -> list[Batch]:
   """The next n batches (for tests and efficiency reports)."""
   return [next(iterator) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- decoder-only view
+
+CAUSAL_LM_KEYS = ("decoder_input_ids", "decoder_target_ids", "decoder_segment_ids", "decoder_positions",
+                  "decoder_loss_weights", "decoder_task_ids")
+
+
+def causal_lm_rows(batch: Batch, pad_id: int, eos_id: int) -> Batch:
+  """A seq2seq Batch (packed or not) -> the same records as decoder-only LM rows.
+
+  Record k of a row becomes one segment `source ++ target` (the source's trailing EOS dropped,
+  so the target follows the prompt directly) of length S + T at most; inputs are that sequence
+  without its last token, targets without its first, and only target tokens carry loss weight
+  and task id (the prompt is masked out of the loss). Positions restart at 0 per record.
+  Host-side numpy, applied after the iterator, so the iterator's checkpoint state is unchanged.
+  """
+  enc, enc_seg = batch["encoder_input_ids"], batch["encoder_segment_ids"]
+  tgt, dec_seg = batch["decoder_target_ids"], batch["decoder_segment_ids"]
+  rows, length = enc.shape[0], enc.shape[1] + tgt.shape[1]
+  out = {k: np.zeros((rows, length), np.float32 if k == "decoder_loss_weights" else np.int32)
+         for k in CAUSAL_LM_KEYS}
+  out["decoder_input_ids"][:] = pad_id
+  out["decoder_target_ids"][:] = pad_id
+  for r in range(rows):
+    start = 0
+    for seg in range(1, int(enc_seg[r].max(initial=0)) + 1):
+      src = enc[r, enc_seg[r] == seg]
+      if len(src) and src[-1] == eos_id:
+        src = src[:-1]
+      in_target = dec_seg[r] == seg
+      target = tgt[r, in_target]
+      seq = np.concatenate([src, target])
+      n = len(seq) - 1
+      if n <= 0:
+        continue
+      span = slice(start, start + n)
+      out["decoder_input_ids"][r, span] = seq[:-1]
+      out["decoder_target_ids"][r, span] = seq[1:]
+      out["decoder_segment_ids"][r, span] = seg
+      out["decoder_positions"][r, span] = np.arange(n)
+      first = start + len(src) - 1  # the position that predicts the target's first token
+      out["decoder_loss_weights"][r, first:first + len(target)] = batch["decoder_loss_weights"][r, in_target]
+      out["decoder_task_ids"][r, first:first + len(target)] = batch["decoder_task_ids"][r, in_target]
+      start += n
+  if "encoder_labels" in batch:
+    out["encoder_labels"] = batch["encoder_labels"]  # kept for metrics; unused by the LM
+  return out
+
+
+def left_padded_prompts(batch: Batch, pad_id: int, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """Unpacked eval rows' sources (trailing EOS dropped) right-aligned for decoder-only
+  generation: (prompt ids [B, S], prompt mask [B, S])."""
+  enc, seg = batch["encoder_input_ids"], batch["encoder_segment_ids"]
+  ids = np.full(enc.shape, pad_id, np.int32)
+  mask = np.zeros(enc.shape, np.int32)
+  for r in range(enc.shape[0]):
+    src = enc[r, seg[r] > 0]
+    if len(src) and src[-1] == eos_id:
+      src = src[:-1]
+    if len(src):
+      ids[r, -len(src):] = src
+      mask[r, -len(src):] = 1
+  return ids, mask

@@ -4,14 +4,18 @@ The loop (`greedy_loop`) knows nothing about the model: it drives a pure
 `step_fn(params, cache, token [B], position []) -> (logits [B, V], cache)` inside one
 `jax.lax.while_loop`, so there is no Python per step and decoding stops as soon as every
 row has emitted EOS. A model family supplies the step function and the initial cache:
-T5 via `T5.init_cache` / `T5.decode_step`; a decoder-only family (llama) can prefill its
-cache from the prompt and reuse `greedy_loop` unchanged.
+T5 via `T5.init_cache` / `T5.decode_step`; a decoder-only family (llama) prefills its
+cache from the prompt and reuses `greedy_loop` (`causal_lm_generate`).
+
+Sampling goes through the loop's `select` argument (`sampler(...)`: temperature, top-k,
+top-p), for both paths: `seq2seq_generate` (T5) and `causal_lm_generate`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -19,17 +23,28 @@ from flax import nnx
 
 Array = jax.Array
 StepFn = Callable[[Any, Any, Array, Array], tuple[Array, Any]]
+# (logits [B, V] float32, step index []) -> token ids [B]
+SelectFn = Callable[[Array, Array], Array]
+
+
+def greedy_select(logits: Array, step: Array) -> Array:
+  del step
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
 def greedy_loop(step_fn: StepFn, params: Any, cache: Any, *, batch_size: int, max_len: int,
-                eos_id: int, start_id: int = 0, pad_id: int = 0,
-                start_position: int | Array = 0) -> Array:
+                eos_id: int | Array, start_id: int | Array = 0, pad_id: int = 0,
+                start_position: int | Array = 0, select: SelectFn | None = None) -> Array:
   """Greedy decoding as a while_loop; traceable (call it inside jit).
 
-  Step i feeds the previous token (`start_id` first) at position `start_position + i`
-  and writes the argmax to column i. A row is finished after it emits `eos_id` (kept in
-  the output); later columns are `pad_id`. Returns int32 [batch_size, max_len].
+  Step i feeds the previous token (`start_id` first: a scalar or one per row [B]) at
+  position `start_position + i` and writes the selected token to column i: the argmax, or
+  `select(logits, i)` (e.g. `sampler(...)`). A row is finished after it emits `eos_id` (a
+  scalar, or several ids [N]; kept in the output); later columns are `pad_id`. Returns
+  int32 [batch_size, max_len].
   """
+  if select is None:
+    select = greedy_select
 
   def cond(carry):
     step, _, _, _, done = carry
@@ -38,15 +53,29 @@ def greedy_loop(step_fn: StepFn, params: Any, cache: Any, *, batch_size: int, ma
   def body(carry):
     step, token, cache, out, done = carry
     logits, cache = step_fn(params, cache, token, start_position + step)
-    token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    token = select(logits, step).astype(jnp.int32)
     token = jnp.where(done, pad_id, token)
     out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], step, axis=1)
-    return step + 1, token, cache, out, done | (token == eos_id)
+    is_eos = jnp.any(token[:, None] == jnp.reshape(jnp.asarray(eos_id, jnp.int32), (1, -1)), axis=1)
+    return step + 1, token, cache, out, done | is_eos
 
   init = (jnp.int32(0), jnp.full((batch_size,), start_id, jnp.int32), cache,
           jnp.full((batch_size, max_len), pad_id, jnp.int32),
           jnp.zeros((batch_size,), bool))
   return jax.lax.while_loop(cond, body, init)[3]
+
+
+def _seq2seq_loop(graphdef, state, encoder_input_ids, encoder_segment_ids, max_len, eos_id, select=None):
+  """Encode once, project the cross-attention cache, then `greedy_loop` over `decode_step`."""
+  model = nnx.merge(graphdef, state)
+  encoded = model.encode(encoder_input_ids, encoder_segment_ids)
+  cache = model.init_cache(encoded, encoder_segment_ids, max_len)
+
+  def step_fn(state, cache, token, position):
+    return nnx.merge(graphdef, state).decode_step(token, position, cache)
+
+  return greedy_loop(step_fn, state, cache, batch_size=encoder_input_ids.shape[0], max_len=max_len,
+                     eos_id=eos_id, select=select)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_len"))
@@ -59,15 +88,7 @@ def seq2seq_greedy_decode(graphdef: nnx.GraphDef, state: nnx.State, encoder_inpu
   expose `encode`, `init_cache(encoded, segment_ids, max_len)` and
   `decode_step(token, position, cache)`, as `T5` does. Decoder start token is 0 (pad).
   """
-  model = nnx.merge(graphdef, state)
-  encoded = model.encode(encoder_input_ids, encoder_segment_ids)
-  cache = model.init_cache(encoded, encoder_segment_ids, max_len)
-
-  def step_fn(state, cache, token, position):
-    return nnx.merge(graphdef, state).decode_step(token, position, cache)
-
-  return greedy_loop(step_fn, state, cache, batch_size=encoder_input_ids.shape[0],
-                     max_len=max_len, eos_id=eos_id)
+  return _seq2seq_loop(graphdef, state, encoder_input_ids, encoder_segment_ids, max_len, eos_id)
 
 
 def greedy_decode(model: nnx.Module, encoder_input_ids: Array,
@@ -85,3 +106,110 @@ def greedy_decode(model: nnx.Module, encoder_input_ids: Array,
   return seq2seq_greedy_decode(graphdef, state, encoder_input_ids,
                                jnp.asarray(encoder_segment_ids, jnp.int32),
                                max_len=max_len, eos_id=jnp.int32(eos_id))
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sampler(rng: Array, *, temperature: float | Array, top_k: int = 0,
+            top_p: float = 1.0) -> SelectFn:
+  """A `select` for `greedy_loop` that samples from softmax(logits / temperature > 0), keeping
+  the `top_k` most likely tokens (0: all) and then the smallest set whose probability
+  reaches `top_p` (1.0: all), in transformers' order. Step i draws with
+  `fold_in(rng, i)`, so a fixed `rng` reproduces the same tokens. `top_k` / `top_p` are
+  Python values (static under jit); `temperature` may be traced."""
+
+  def select(logits: Array, step: Array) -> Array:
+    logits = logits.astype(jnp.float32) / temperature
+    if top_k > 0:
+      kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][:, -1:]
+      logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+      ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+      probs = jax.nn.softmax(ordered, axis=-1)
+      before = jnp.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
+      # Keep a token while the mass before it is < top_p (the most likely one always).
+      kept = jnp.where(before < top_p, ordered, jnp.inf)
+      logits = jnp.where(logits < jnp.min(kept, axis=-1, keepdims=True), -jnp.inf, logits)
+    return jax.random.categorical(jax.random.fold_in(rng, step), logits, axis=-1).astype(jnp.int32)
+
+  return select
+
+
+def _select(greedy: bool, rng: Array | None, temperature: Array, top_k: int,
+            top_p: float) -> SelectFn | None:
+  return None if greedy else sampler(rng, temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def _rng_and_temperature(temperature: float, rng: Array | None) -> tuple[Array, Array]:
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  if temperature > 0 and rng is None:
+    raise ValueError("sampling (temperature > 0) needs an rng key")
+  return (jax.random.key(0) if rng is None else rng), jnp.float32(temperature)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_len", "top_k", "top_p", "greedy"))
+def seq2seq_generate(graphdef: nnx.GraphDef, state: nnx.State, encoder_input_ids: Array,
+                     encoder_segment_ids: Array, rng: Array, temperature: Array, *,
+                     max_len: int, eos_id: int | Array, top_k: int = 0, top_p: float = 1.0,
+                     greedy: bool = False) -> Array:
+  """`seq2seq_greedy_decode` with the token choice of `sampler` (or argmax when `greedy`)."""
+  return _seq2seq_loop(graphdef, state, encoder_input_ids, encoder_segment_ids, max_len, eos_id,
+                       _select(greedy, rng, temperature, top_k, top_p))
+
+
+# --------------------------------------------------------------------------- decoder-only
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k", "top_p",
+                                             "greedy", "pad_id"))
+def causal_lm_decode(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: Array,
+                     prompt_mask: Array, eos_id: Array, rng: Array, temperature: Array, *,
+                     max_new_tokens: int, top_k: int = 0, top_p: float = 1.0,
+                     greedy: bool = True, pad_id: int = 0) -> Array:
+  """`causal_lm_generate` on an already split model (no per-call graph traversal).
+
+  The model must expose `init_cache(prompt_mask, max_len)`, `extend(ids [B,Q], index,
+  cache) -> (logits, cache)` and `decode_step(token, position, cache)`, as `Llama` does.
+  The prompt but its last column is prefilled in one call; the loop then feeds the last
+  column (the last real token of every left-padded row) at slot P-1, and so on.
+  """
+  model = nnx.merge(graphdef, state)
+  batch, length = prompt_ids.shape
+  cache = model.init_cache(prompt_mask, length + max_new_tokens - 1)
+  if length > 1:
+    _, cache = model.extend(prompt_ids[:, :-1], 0, cache)  # its logits are unused: XLA drops them
+
+  def step_fn(state, cache, token, position):
+    return nnx.merge(graphdef, state).decode_step(token, position, cache)
+
+  return greedy_loop(step_fn, state, cache, batch_size=batch, max_len=max_new_tokens,
+                     eos_id=eos_id, start_id=prompt_ids[:, -1], pad_id=pad_id,
+                     start_position=length - 1,
+                     select=_select(greedy, rng, temperature, top_k, top_p))
+
+
+def causal_lm_generate(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], prompt_ids: Array,
+                       prompt_mask: Array, *, max_new_tokens: int, eos_id: int | list[int],
+                       temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                       rng: Array | None = None, pad_id: int = 0) -> Array:
+  """Continues left-padded prompts -> int32 [B, max_new_tokens] new tokens.
+
+  `model` is a decoder-only model (`Llama`) or its `nnx.split` (graphdef, state), which
+  saves the graph traversal on repeated calls. `prompt_ids` [B,P] are right-aligned (left
+  padding, `prompt_mask` 0 there; rotary positions start at 0 at each row's first real
+  token). Greedy when `temperature == 0`, else sampled with `rng` (see `sampler`). Rows stop
+  after an `eos_id` (one id or several) and then emit `pad_id`. Jitted: one compile per
+  (model structure, prompt shape, max_new_tokens, top_k, top_p, greedy or not).
+  """
+  graphdef, state = model if isinstance(model, tuple) else nnx.split(model)
+  prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+  if prompt_ids.ndim != 2 or prompt_ids.shape[1] < 1:
+    raise ValueError(f"prompt_ids must be [B, P] with P >= 1, got {prompt_ids.shape}")
+  rng, temp = _rng_and_temperature(temperature, rng)
+  greedy = temperature == 0
+  return causal_lm_decode(graphdef, state, prompt_ids, jnp.asarray(prompt_mask, jnp.int32),
+                          jnp.asarray(eos_id, jnp.int32), rng, temp,
+                          max_new_tokens=max_new_tokens, top_k=0 if greedy else top_k,
+                          top_p=1.0 if greedy else float(top_p), greedy=greedy, pad_id=pad_id)

@@ -32,7 +32,8 @@ import os
 import re
 import sys
 import types
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -119,7 +120,7 @@ class CheckpointTensors(Mapping[str, np.ndarray]):
       raise FileNotFoundError(f"{path}: no {WEIGHTS} or {INDEX}{hint}")
     self._handles = {f: safe_open(os.path.join(path, f), framework="np") for f in files}
     if weight_map is None:
-      weight_map = {k: WEIGHTS for k in self._handles[WEIGHTS].keys()}
+      weight_map = dict.fromkeys(self._handles[WEIGHTS].keys(), WEIGHTS)
     self._where = weight_map
 
   def __getitem__(self, name: str) -> np.ndarray:
@@ -192,7 +193,7 @@ def load_weights(model: nnx.Module, weights: str | Mapping[str, Any], *, strict:
 class _Renamed(Mapping[str, np.ndarray]):
   def __init__(self, tensors: Mapping[str, Any], prefix: str):
     self._t, self._p = tensors, prefix
-    self._names = [n[len(prefix):] if n.startswith(prefix) else n for n in tensors]
+    self._names = [n.removeprefix(prefix) for n in tensors]
 
   def __getitem__(self, name):
     return self._t[self._p + name] if self._p + name in self._t else self._t[name]

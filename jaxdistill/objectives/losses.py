@@ -43,7 +43,22 @@ def _task_xent(task_id: int, name: str) -> LossTerm:
 label_xent = _task_xent(LABEL, "label")
 rationale_xent = _task_xent(RATIONALE, "rationale")
 
-TERMS: dict[str, LossTerm] = {"label_xent": label_xent, "rationale_xent": rationale_xent}
+
+def label_class_xent(outputs: Outputs, batch: Batch):
+  """Classification-head cross-entropy over the label records (encoder students):
+  `encoder_labels` holds 1 + the class index at each label record's first token."""
+  labels = batch["encoder_labels"]
+  weights = (labels > 0).astype(jnp.float32)
+  logits = outputs["class_logits"]
+  targets = jnp.maximum(labels - 1, 0)
+  denom = jnp.maximum(weights.sum(), 1e-8)
+  loss = (token_cross_entropy(logits, targets) * weights).sum() / denom
+  accuracy = ((jnp.argmax(logits, -1) == targets) * weights).sum() / denom
+  return loss, {"label_loss": loss, "label_accuracy": accuracy, "label_records": weights.sum()}
+
+
+TERMS: dict[str, LossTerm] = {"label_xent": label_xent, "rationale_xent": rationale_xent,
+                              "label_class_xent": label_class_xent}
 
 
 class WeightedTerm(NamedTuple):
@@ -52,15 +67,18 @@ class WeightedTerm(NamedTuple):
   fn: LossTerm
 
 
-def objective_terms(objective) -> list[WeightedTerm]:
-  """The weighted loss terms of a setting (config.objective)."""
+def objective_terms(objective, student_kind: str = "seq2seq") -> list[WeightedTerm]:
+  """The weighted loss terms of a setting (config.objective) for a kind of student: encoder
+  students learn the label with their classification head, the others generate it."""
+  label = (WeightedTerm("label_class_xent", 1.0, label_class_xent) if student_kind == "encoder"
+           else WeightedTerm("label_xent", 1.0, label_xent))
   if objective.name == "baseline":
-    return [WeightedTerm("label_xent", 1.0, label_xent)]
+    return [label]
   if objective.name in ("human", "cot", "hybrid"):
     alpha = float(objective.alpha)
     if not 0.0 <= alpha <= 1.0:
       raise ValueError(f"config.objective.alpha must be in [0, 1], got {alpha}")
-    return [WeightedTerm("label_xent", alpha, label_xent),
+    return [label._replace(weight=alpha),
             WeightedTerm("rationale_xent", 1.0 - alpha, rationale_xent)]
   raise ValueError(f"config.objective.name: unknown objective {objective.name!r} "
                    "(expected baseline | human | cot | hybrid)")
