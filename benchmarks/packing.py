@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 from configs import cot  # noqa: E402
 from jaxdistill.data import formats, pipeline, sources  # noqa: E402
+from jaxdistill import train as train_lib  # noqa: E402
 from jaxdistill.data import tokenizer as tokenizer_lib  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "dss")
@@ -52,7 +53,7 @@ def load(task: str, data_dir: str, seed: int):
   dataset = sources.load_dataset(config.data)
   train = dataset.splits["train"]
   tok = tokenizer_lib.load_tokenizer(
-      config.model.tokenizer, texts=formats.tokenizer_corpus(train, dataset.rationales, dataset.labels),
+      train_lib.tokenizer_spec(config.model), texts=formats.tokenizer_corpus(train, dataset.rationales, dataset.labels),
       vocab_size=int(config.model.vocab_size))
   records = formats.records_per_epoch(train, dataset.rationales, config.objective, dataset.labels,
                                       seed=config.data.seed)

@@ -110,12 +110,13 @@ def load_data(args, config, tokenizer_dir: str | None = None):
   """(examples, rationales by id, labels, tokenizer) of e-SNLI valid, as the benchmark uses them."""
   from jaxdistill.data import formats
   from jaxdistill.data import tokenizer as tokenizer_lib
+  from jaxdistill import train as train_lib
   from jaxdistill.data.sources import dss, group_rationales
   examples, rationales, _ = dss.read_split(args.data, "esnli", "valid")
   by_id = group_rationales(rationales)
   labels = list(dss.NLI_LABELS)
   tok = tokenizer_lib.load_tokenizer(
-      config.model.tokenizer, texts=formats.tokenizer_corpus(examples, by_id, labels),
+      train_lib.tokenizer_spec(config.model), texts=formats.tokenizer_corpus(examples, by_id, labels),
       save_dir=tokenizer_dir or None, vocab_size=int(config.model.vocab_size))
   return examples, by_id, labels, tok
 

@@ -46,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   obj.human_weight = 1.0  # hybrid: relative weight of human explanations
   obj.teacher_weight = 1.0  # hybrid: relative weight of teacher rationales
   obj.mix = "both"  # both: every source per example, weighted | sample: one source per example per epoch
+  # multitask: label and rationale records with task prefixes (Distilling Step-by-Step) | rationale_answer:
+  # one target "<rationale> Answer: <label>" | answer_rationale: "<label> Explanation: <rationale>" (PST
+  # order). The combined formats are for seq2seq and decoder-only students (data/formats.py).
+  obj.format = "multitask"
 
   # --- model ------------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()

@@ -54,7 +54,14 @@ class Evaluator:
 
   def __init__(self, config, dataset, tokenizer, mesh, kind: str = "seq2seq"):
     self.tokenizer, self.mesh, self.kind, self.labels = tokenizer, mesh, kind, dataset.labels
+    self.format = config.objective.get("format", "multitask")
     self.max_label_len = int(config.eval.max_label_len)
+    # Tokens to generate before the answer can be read: the whole chain of thought for
+    # rationale_answer; the answer and the start of the explanation marker for answer_rationale.
+    self.max_new_tokens = {"multitask": self.max_label_len,
+                           "answer_rationale": self.max_label_len + len(tokenizer.encode(formats.EXPLANATION_MARK)),
+                           "rationale_answer": int(config.data.max_target_len) + self.max_label_len
+                           }[self.format]
     self.perplexity = bool(config.eval.rationale_perplexity)
     batch_size = int(config.eval.batch_size)
     limit = int(config.data.max_eval_examples)
@@ -64,7 +71,7 @@ class Evaluator:
       if limit >= 0:
         examples = examples[:limit]
       self.examples[split] = examples
-      label_records = [formats.label_record(ex, dataset.labels) for ex in examples]
+      label_records = [formats.label_record(ex, dataset.labels, fmt=self.format) for ex in examples]
       self.label_batches[split] = pipeline.make_eval_batches(
           label_records, tokenizer, batch_size, config.data.max_source_len, self.max_label_len)
       rng = np.random.default_rng(config.data.seed)
@@ -72,7 +79,7 @@ class Evaluator:
           r for ex in examples
           for r in formats.records_for_example(ex, dataset.rationales.get(ex.id, []), config.objective,
                                                dataset.labels, rng)
-          if r.task_id == formats.RATIONALE]
+          if r.has_rationale]
       self.rationale_batches[split] = pipeline.make_eval_batches(
           rationale_records, tokenizer, batch_size, config.data.max_source_len,
           config.data.max_target_len) if rationale_records and self.perplexity else []
@@ -89,13 +96,13 @@ class Evaluator:
         if self.kind == "decoder":
           prompt, mask = pipeline.left_padded_prompts(batch, tok.pad_id, tok.eos_id)
           glob = _to_global({"prompt": prompt, "mask": mask}, self.mesh)
-          ids = decode.causal_lm_generate(model, glob["prompt"], glob["mask"], max_new_tokens=self.max_label_len,
+          ids = decode.causal_lm_generate(model, glob["prompt"], glob["mask"], max_new_tokens=self.max_new_tokens,
                                           eos_id=tok.eos_id)
         else:
           glob = _to_global({k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}, self.mesh)
           ids = decode.greedy_decode(model, glob["encoder_input_ids"], glob["encoder_segment_ids"],
-                                     max_len=self.max_label_len, eos_id=tok.eos_id)
-        texts = [tok.decode(row.tolist()).strip() for row in _to_host(ids)]
+                                     max_len=self.max_new_tokens, eos_id=tok.eos_id)
+        texts = [formats.parse_answer(tok.decode(row.tolist()), self.format) for row in _to_host(ids)]
       for row, index in enumerate(indices):
         if index >= 0:
           predictions[index] = texts[row]

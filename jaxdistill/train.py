@@ -199,6 +199,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       vocab_size=int(config.model.vocab_size))
 
   student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()))
+  if student.kind == "encoder" and config.objective.format != "multitask":
+    raise ValueError(f"config.objective.format={config.objective.format!r} needs a generating student; "
+                     f"{student_name(config.model)} is an encoder (its label comes from a classification head)")
   n_params = sum(x.size for x in jax.tree.leaves(student.params(state)))
   logging.info("student %s (%s, %s): %.2fM parameters", student_name(config.model), student.spec.family,
                student.kind, n_params / 1e6)

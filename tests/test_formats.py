@@ -149,3 +149,35 @@ def test_records_per_epoch_static_and_resampled():
 def test_tokenizer_corpus_covers_prompts():
   texts = formats.tokenizer_corpus([EX], {"e1": RATS}, LABELS)
   assert formats.label_prompt(EX) in texts and "teacher reason 1" in texts and "neutral" in texts
+
+
+# ----------------------------------------------------------------- combined (chain-of-thought) formats
+
+
+@pytest.mark.parametrize("fmt", ["rationale_answer", "answer_rationale"])
+def test_combined_formats_one_record_per_rationale(fmt):
+  recs = formats.records_for_example(EX, RATS, _obj("cot", format=fmt), LABELS, None)
+  assert len(recs) == 3 and all(r.source == formats.input_text(EX) for r in recs)  # no label record
+  for r, rat in zip(recs, RATS):
+    texts = [p[0] for p in r.parts]
+    tasks = [p[1] for p in r.parts]
+    if fmt == "rationale_answer":
+      assert texts == [rat.rationale, " Answer: entailment"] and tasks == [RATIONALE, LABEL]
+    else:
+      assert texts == ["entailment", f" Explanation: {rat.rationale}"] and tasks == [LABEL, RATIONALE]
+    assert r.target == "".join(texts) and r.has_rationale
+    assert [p[2] for p in r.parts] == pytest.approx([1 / 3, 1 / 3])  # an example's answer weights sum to 1
+  baseline = formats.records_for_example(EX, RATS, _obj("baseline", format=fmt), LABELS, None)
+  assert [(r.source, r.parts) for r in baseline] == [(formats.input_text(EX), (("entailment", LABEL, 1.0),))]
+
+
+def test_parse_answer():
+  assert formats.parse_answer("dogs are animals Answer: entailment", "rationale_answer") == "entailment"
+  assert formats.parse_answer("no marker here", "rationale_answer") == ""  # malformed: wrong, not a crash
+  assert formats.parse_answer("neutral Explanation: maybe", "answer_rationale") == "neutral"
+  assert formats.parse_answer(" contradiction ", "multitask") == "contradiction"
+
+
+def test_unknown_format_is_rejected():
+  with pytest.raises(ValueError, match="objective.format"):
+    formats.records_for_example(EX, RATS, _obj("cot", format="cot_first"), LABELS, None)

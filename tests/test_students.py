@@ -43,6 +43,16 @@ def test_encoder_labels_mark_first_token_of_label_records():
   assert batch["encoder_labels"][:, 1:].sum() == 0
 
 
+def test_combined_record_tokens_carry_their_parts_task_and_weight():
+  rec = Seq2SeqRecord("p", "why Answer: no", RATIONALE, 0.5, "x",
+                      parts=(("why", RATIONALE, 0.5), (" Answer: no", LABEL, 0.25)))
+  feats = pipeline.tokenize_record(rec, TOK, 16, 32)
+  n_why, n_answer = len("why"), len(" Answer: no")
+  np.testing.assert_array_equal(feats["decoder_target_ids"], TOK.encode("why")[:-1] + TOK.encode(" Answer: no"))
+  np.testing.assert_array_equal(feats["decoder_task_ids"], [RATIONALE] * n_why + [LABEL] * (n_answer + 1))
+  np.testing.assert_allclose(feats["decoder_loss_weights"], [0.5] * n_why + [0.25] * (n_answer + 1))
+
+
 def test_causal_lm_rows_packed():
   recs = _records()[:2]
   feats = [pipeline.tokenize_record(r, TOK, 16, 16) for r in recs]
@@ -130,13 +140,15 @@ def test_encoder_student_needs_a_label_set():
     students.spec(_config(preset="bert-tiny").model, 256, num_classes=0)
 
 
-@pytest.mark.parametrize("preset", ["bert-tiny", "llama-tiny"])
-def test_students_train_and_evaluate(preset, tmp_path):
+@pytest.mark.parametrize("preset,fmt", [("bert-tiny", "multitask"), ("llama-tiny", "multitask"),
+                                        ("llama-tiny", "rationale_answer"), ("t5-tiny", "answer_rationale")])
+def test_students_train_and_evaluate(preset, fmt, tmp_path):
   from jaxdistill import train
   config = _config(preset=preset, tokenizer="byte")
+  config.objective.format = fmt
   config.data.demo.update(num_train=48, num_dev=16, num_test=16)
   config.train.update(steps=3, batch_size=4, log_every=1, checkpoint_every=3)
   config.eval.update(every=3, max_label_len=4)
   result = train.run(config, str(tmp_path))
-  assert result["model"]["family"] == ("bert" if preset == "bert-tiny" else "llama")
+  assert result["model"]["family"] == preset.split("-")[0]
   assert 0.0 <= result["test_accuracy"] <= 1.0 and np.isfinite(result["test_rationale_perplexity"])

@@ -17,6 +17,18 @@ much as one with one); "sample" keeps exactly one rationale per example per epoc
 rationale of that source uniformly), so the records change per epoch: use
 `epoch_records` / `records_per_epoch` with the pipeline's callable form.
 
+objective.format chooses how label and rationale meet a target:
+  multitask         the records above: a label record and rationale records, each with its
+                    task prefix (Distilling Step-by-Step; every kind of student)
+  rationale_answer  chain of thought: one record per rationale, target
+                    "<rationale> Answer: <label>"; the answer is read after the marker
+  answer_rationale  answer first (Post-Semantic-Thinking): "<label> Explanation: <rationale>";
+                    generation can stop once the answer is out
+In the combined formats a record's target has parts with their own task ids (the rationale
+tokens count as RATIONALE, the marker and answer as LABEL), so the same loss terms apply;
+an example's answer weights sum to 1 however many rationales it has. Examples without a
+rationale get a target with the answer alone.
+
 The label/rationale balance (alpha) is applied in the loss, never here: `weight` is
 only the within-task multiplier of a record's target tokens.
 """
@@ -37,6 +49,9 @@ LABEL = 0
 RATIONALE = 1
 TASK_PREFIX = {LABEL: "[label] ", RATIONALE: "[rationale] "}
 OBJECTIVES = ("baseline", "human", "cot", "hybrid")
+FORMATS = ("multitask", "rationale_answer", "answer_rationale")
+ANSWER_MARK = " Answer: "  # rationale_answer: the answer follows it
+EXPLANATION_MARK = " Explanation: "  # answer_rationale: the rationale follows it
 TEACHER_SELECTIONS = ("all", "first", "correct")
 MIXES = ("both", "sample")
 LABEL_SOURCES = ("gold", "teacher")
@@ -50,6 +65,13 @@ class Seq2SeqRecord:
   weight: float  # loss weight multiplier of this record's target tokens
   example_id: str
   class_id: int = -1  # label records of a classification task: the label's index (encoder heads)
+  # Combined formats: the target as (text, task_id, weight) parts, tokenized part by part; empty
+  # for single-task records (then `target`, `task_id` and `weight` apply to every token).
+  parts: tuple[tuple[str, int, float], ...] = ()
+
+  @property
+  def has_rationale(self) -> bool:
+    return self.task_id == RATIONALE or any(task == RATIONALE for _, task, _ in self.parts)
 
 
 def input_text(ex: Example) -> str:
@@ -67,12 +89,46 @@ def rationale_prompt(ex: Example) -> str:
   return TASK_PREFIX[RATIONALE] + input_text(ex)
 
 
-def label_record(ex: Example, labels: Sequence[str] | None, target: str | None = None) -> Seq2SeqRecord:
+def cot_prompt(ex: Example) -> str:
+  """Source text of the combined formats (one target holds answer and rationale)."""
+  return input_text(ex)
+
+
+def combined_record(ex: Example, answer: str, rationale: str | None, fmt: str, weight: float,
+                    labels: Sequence[str] | None = None) -> Seq2SeqRecord:
+  """A record whose target holds the answer and (optionally) a rationale, in `fmt` order."""
+  if rationale is None:
+    parts = ((answer, LABEL, weight),)
+  elif fmt == "rationale_answer":
+    parts = ((rationale, RATIONALE, weight), (ANSWER_MARK + answer, LABEL, weight))
+  elif fmt == "answer_rationale":
+    parts = ((answer, LABEL, weight), (EXPLANATION_MARK + rationale, RATIONALE, weight))
+  else:
+    raise ValueError(f"config.objective.format={fmt!r}: expected one of {FORMATS}")
+  class_id = list(labels).index(answer) if labels is not None and answer in labels else -1
+  task = RATIONALE if rationale is not None else LABEL
+  return Seq2SeqRecord(cot_prompt(ex), "".join(p[0] for p in parts), task, weight, ex.id, class_id, parts)
+
+
+def parse_answer(text: str, fmt: str) -> str:
+  """The answer in a generated target of format `fmt` (the text itself for multitask)."""
+  if fmt == "rationale_answer":
+    _, mark, tail = text.rpartition(ANSWER_MARK.strip())
+    return tail.strip() if mark else ""
+  if fmt == "answer_rationale":
+    return text.split(EXPLANATION_MARK.strip(), 1)[0].strip()
+  return text.strip()
+
+
+def label_record(ex: Example, labels: Sequence[str] | None, target: str | None = None,
+                 fmt: str = "multitask") -> Seq2SeqRecord:
   """The record that predicts the label (training and evaluation); `class_id` is the label's
-  index in `labels` when the task has a label set."""
+  index in `labels` when the task has a label set. In the combined formats the prompt has no
+  task prefix and the target is the answer alone."""
   target = ex.label if target is None else target
   class_id = list(labels).index(target) if labels is not None and target in labels else -1
-  return Seq2SeqRecord(label_prompt(ex), target, LABEL, 1.0, ex.id, class_id)
+  prompt = label_prompt(ex) if fmt == "multitask" else cot_prompt(ex)
+  return Seq2SeqRecord(prompt, target, LABEL, 1.0, ex.id, class_id)
 
 
 def teacher_label(ex: Example, rationales: Sequence[Rationale], labels: Sequence[str] | None) -> str:
@@ -124,6 +180,9 @@ def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_
   name = cfg_get(objective_config, "name", "baseline")
   if name not in OBJECTIVES:
     raise ValueError(f"config.objective.name={name!r}: expected one of {OBJECTIVES} for the seq2seq view")
+  fmt = cfg_get(objective_config, "format", "multitask")
+  if fmt not in FORMATS:
+    raise ValueError(f"config.objective.format={fmt!r}: expected one of {FORMATS}")
   mix = cfg_get(objective_config, "mix", "both")
   if mix not in MIXES:
     raise ValueError(f"config.objective.mix={mix!r}: expected one of {MIXES}")
@@ -133,7 +192,7 @@ def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_
   rationales = list(rationales or ())
 
   target = ex.label if label_source == "gold" else teacher_label(ex, rationales, labels)
-  out = [label_record(ex, labels, target)]
+  out = [label_record(ex, labels, target)] if fmt == "multitask" else []
 
   # Sources of rationale text with their relative weights.
   sources: list[tuple[list[str], float]] = []
@@ -149,14 +208,20 @@ def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_
     if teacher and w > 0:
       sources.append((teacher, w))
   if not sources:
-    return out
+    return out or [combined_record(ex, target, None, fmt, 1.0, labels)]
 
   prompt = rationale_prompt(ex)
   total = sum(w for _, w in sources)
+
+  def record(text: str, weight: float) -> Seq2SeqRecord:
+    if fmt == "multitask":
+      return Seq2SeqRecord(prompt, text, RATIONALE, weight, ex.id)
+    return combined_record(ex, target, text, fmt, weight, labels)
+
   if mix == "both":
     for texts, w in sources:
       for t in texts:
-        out.append(Seq2SeqRecord(prompt, t, RATIONALE, w / total / len(texts), ex.id))
+        out.append(record(t, w / total / len(texts)))
     return out
   # mix == "sample": one source (prob. proportional to weight), then one of its rationales.
   u, acc, chosen = _uniform(rng) * total, 0.0, sources[-1][0]
@@ -165,7 +230,7 @@ def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_
     if u < acc:
       chosen = texts
       break
-  out.append(Seq2SeqRecord(prompt, chosen[_randint(rng, len(chosen))], RATIONALE, 1.0, ex.id))
+  out.append(record(chosen[_randint(rng, len(chosen))], 1.0))
   return out
 
 

@@ -84,7 +84,19 @@ def tokenize_record(record: Seq2SeqRecord, tokenizer: Tokenizer, max_source_len:
   `encoder_labels` is 1 + the record's class id at its first source token, 0 elsewhere."""
   encode = encode or tokenizer.encode
   src = list(encode(record.source)[:max_source_len])
-  tgt = list(encode(record.target)[:max_target_len])
+  if record.parts:  # combined formats: per-part task ids and weights; one EOS at the end
+    tgt, tasks, weights = [], [], []
+    for text, task_id, weight in record.parts:
+      ids = list(encode(text))[:-1]
+      tgt += ids
+      tasks += [task_id] * len(ids)
+      weights += [weight] * len(ids)
+    _, last_task, last_weight = record.parts[-1]
+    tgt, tasks, weights = tgt + [tokenizer.eos_id], tasks + [last_task], weights + [last_weight]
+    tgt, tasks, weights = tgt[:max_target_len], tasks[:max_target_len], weights[:max_target_len]
+  else:
+    tgt = list(encode(record.target)[:max_target_len])
+    tasks, weights = [record.task_id] * len(tgt), [record.weight] * len(tgt)
   labels = np.zeros(len(src), np.int32)
   if record.class_id >= 0 and len(src):
     labels[0] = record.class_id + 1  # classification heads read a record's first token
@@ -93,8 +105,8 @@ def tokenize_record(record: Seq2SeqRecord, tokenizer: Tokenizer, max_source_len:
       "encoder_labels": labels,
       "decoder_input_ids": np.asarray([tokenizer.pad_id] + tgt[:-1], np.int32),
       "decoder_target_ids": np.asarray(tgt, np.int32),
-      "decoder_loss_weights": np.full(len(tgt), record.weight, np.float32),
-      "decoder_task_ids": np.full(len(tgt), record.task_id, np.int32),
+      "decoder_loss_weights": np.asarray(weights, np.float32),
+      "decoder_task_ids": np.asarray(tasks, np.int32),
   }
 
 
