@@ -97,3 +97,14 @@ def test_needs_texts_to_train():
 
 def test_round_up():
   assert tk.round_up(1) == 128 and tk.round_up(128) == 128 and tk.round_up(32100) == 32128
+
+
+def test_pretrained_tokenizer_padding_and_truncation_are_off():
+  """all-MiniLM-L6-v2's tokenizer.json pads and truncates every text to 128 tokens; records must
+  keep their own length (the pipeline truncates, packs and pads)."""
+  from jaxdistill.models import bert
+  tok = tk.load_tokenizer(bert.packaged_minilm_dir())
+  assert tok.encode("entailment") == [4372, 14162, 3672, tok.eos_id]
+  long_text = " ".join(["word"] * 300)
+  assert len(tok.encode(long_text)) == 301
+  assert [len(ids) for ids in tok.encode_batch(["a dog runs", long_text])] == [4, 301]
