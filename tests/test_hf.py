@@ -1,0 +1,65 @@
+"""HF checkpoint directories: sharded safetensors with an index, loading onto a mesh, clear errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from configs import base
+from jaxdistill import partitioning
+from jaxdistill.models import hf, llama
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  model = llama.build(llama.get_config("llama-tiny", vocab_size=128), nnx.Rngs(3))
+  path = str(tmp_path_factory.mktemp("hf") / "llama")
+  hf.save(model, path)
+  return model, path
+
+
+def _shard(path: str, out: str) -> None:
+  """Rewrites a single-file checkpoint as two shards + model.safetensors.index.json."""
+  os.makedirs(out)
+  tensors = load_file(os.path.join(path, hf.WEIGHTS))
+  names = sorted(tensors)
+  weight_map = {}
+  for i, part in enumerate((names[::2], names[1::2])):
+    file = f"model-0000{i + 1}-of-00002.safetensors"
+    save_file({n: tensors[n] for n in part}, os.path.join(out, file))
+    weight_map.update(dict.fromkeys(part, file))
+  with open(os.path.join(out, hf.INDEX), "w") as f:
+    json.dump({"metadata": {}, "weight_map": weight_map}, f)
+  with open(os.path.join(path, hf.CONFIG)) as src, open(os.path.join(out, hf.CONFIG), "w") as dst:
+    dst.write(src.read())
+
+
+def test_sharded_index_loads_onto_mesh(saved, tmp_path):
+  model, path = saved
+  _shard(path, str(tmp_path / "sharded"))
+  mesh = partitioning.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  loaded = hf.load(str(tmp_path / "sharded"), mesh=mesh, rules=base.get_config().logical_axis_rules)
+  want, got = hf.state_dict(model), hf.state_dict(loaded)
+  assert sorted(want) == sorted(got)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  leaf = jax.tree.leaves(nnx.state(loaded, nnx.Param))[0]
+  assert isinstance(leaf.sharding, jax.sharding.NamedSharding) and leaf.sharding.mesh.shape == mesh.shape
+
+
+def test_load_errors_name_the_directory(saved, tmp_path):
+  _, path = saved
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    hf.load(str(tmp_path))
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  (bad / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+  with pytest.raises(ValueError, match="gpt_neox.*not supported"):
+    hf.load(str(bad))
+  (bad / "config.json").write_text(json.dumps(hf.read_config(path)))
+  with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+    hf.load(str(bad))
