@@ -88,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.checkpoint_every = 100
   train.keep_checkpoints = 2
   train.async_checkpointing = True
+  train.export_hf = True  # write the best model to WORKDIR/hf for transformers (models/hf.py)
 
   # --- evaluation -------------------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()

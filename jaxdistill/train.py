@@ -24,7 +24,7 @@ from flax import nnx
 from jaxdistill import checkpoint, evaluate, partitioning
 from jaxdistill.data import formats, pipeline, sources
 from jaxdistill.data import tokenizer as tokenizer_lib
-from jaxdistill.models import students
+from jaxdistill.models import hf, students
 from jaxdistill.objectives import losses
 
 # --------------------------------------------------------------------------- optimizer
@@ -162,6 +162,16 @@ def student_name(model: ml_collections.ConfigDict) -> str:
   return model.checkpoint or model.preset
 
 
+def export_hf(model: nnx.Module, kind: str, tokenizer, path: str) -> None:
+  """The best model as a Hugging Face directory (config.json, model.safetensors, tokenizer) that
+  transformers loads. Encoder students export their encoder; the heads have no HF counterpart
+  and stay in the Orbax checkpoint (WORKDIR/best)."""
+  target = model.encoder if kind == "encoder" else model
+  saveable = hasattr(tokenizer, "hf") and hasattr(tokenizer.hf, "save_pretrained")
+  hf.save(target, path, tokenizer=tokenizer if saveable else None)
+  logging.info("exported the best %s model for transformers to %s", kind, path)
+
+
 def _write_metrics_json(workdir: str, metrics: dict) -> None:
   path = os.path.join(workdir, "metrics.json")
   tmp = path + ".tmp"
@@ -291,6 +301,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   test = evaluator.evaluate(best_model, "test")  # exactly once, on the best-on-dev model
   writer.write_scalars(step, {f"test/{k}": v for k, v in test.items()})
   writer.flush()
+  if config.train.export_hf and is_chief:
+    export_hf(best_model, student.kind, tokenizer, os.path.join(workdir, "hf"))
 
   result = {
       "setting": config.name,

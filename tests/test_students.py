@@ -152,3 +152,8 @@ def test_students_train_and_evaluate(preset, fmt, tmp_path):
   result = train.run(config, str(tmp_path))
   assert result["model"]["family"] == preset.split("-")[0]
   assert 0.0 <= result["test_accuracy"] <= 1.0 and np.isfinite(result["test_rationale_perplexity"])
+  if fmt == "multitask":  # the exported best model loads in transformers (the encoder, for encoders)
+    import transformers
+    auto = transformers.AutoModel if preset == "bert-tiny" else transformers.AutoModelForCausalLM
+    loaded = auto.from_pretrained(str(tmp_path / "hf"))
+    assert type(loaded).__name__ == ("BertModel" if preset == "bert-tiny" else "LlamaForCausalLM")

@@ -2,7 +2,7 @@
 
     model = hf.load("path/to/hf_dir", mesh=mesh, rules=config.logical_axis_rules)
     hf.load_weights(model, "path/to/hf_dir")   # into an existing (sharded) model, in place
-    hf.save(model, "out_dir", tokenizer=tok)   # config.json + model.safetensors (+ tokenizer)
+    hf.save(model, "out_dir", tokenizer=tok)   # config.json + model.safetensors (+ tokenizer files)
 
 A directory is `config.json` plus `model.safetensors` or sharded `model-0000i-of-0000n.safetensors`
 with `model.safetensors.index.json`. Tensors are read one at a time (safetensors, numpy) and
@@ -279,8 +279,11 @@ def save(model: nnx.Module, path: str, *, tokenizer=None) -> None:
   save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
   with open(os.path.join(tmp, CONFIG), "w") as f:
     json.dump(family.hf_config(model.config), f, indent=2, sort_keys=True)
-  if tokenizer is not None and hasattr(tokenizer, "save"):
-    tokenizer.save(tmp)
+  if tokenizer is not None:  # a transformers tokenizer, or jaxdistill's wrapper of one (`.hf`)
+    backend = getattr(tokenizer, "hf", tokenizer)
+    if not hasattr(backend, "save_pretrained"):
+      raise TypeError(f"hf.save: cannot save tokenizer {tokenizer!r} (no save_pretrained)")
+    backend.save_pretrained(tmp)
   if os.path.exists(path):
     old = path.rstrip("/") + ".old"
     os.replace(path, old)
