@@ -19,7 +19,7 @@ from jax.experimental import multihost_utils
 
 from jaxdistill import partitioning
 from jaxdistill.data import formats, pipeline
-from jaxdistill.models import decode
+from jaxdistill.models import decode, students
 from jaxdistill.objectives import losses
 
 
@@ -66,40 +66,49 @@ class Evaluator:
     batch_size = int(config.eval.batch_size)
     limit = int(config.data.max_eval_examples)
     self.examples, self.label_batches, self.rationale_batches = {}, {}, {}
+    view = students.batch_view(kind, tokenizer)
     for split in ("dev", "test"):
       examples = list(dataset.splits.get(split, []))
       if limit >= 0:
         examples = examples[:limit]
       self.examples[split] = examples
       label_records = [formats.label_record(ex, dataset.labels, fmt=self.format) for ex in examples]
-      self.label_batches[split] = pipeline.make_eval_batches(
-          label_records, tokenizer, batch_size, config.data.max_source_len, self.max_label_len)
+      self.label_batches[split] = [
+          (self._label_inputs(batch), indices) for batch, indices in pipeline.make_eval_batches(
+              label_records, tokenizer, batch_size, config.data.max_source_len, self.max_label_len)]
       rng = np.random.default_rng(config.data.seed)
       rationale_records = [
           r for ex in examples
           for r in formats.records_for_example(ex, dataset.rationales.get(ex.id, []), config.objective,
                                                dataset.labels, rng)
           if r.has_rationale]
-      self.rationale_batches[split] = pipeline.make_eval_batches(
-          rationale_records, tokenizer, batch_size, config.data.max_source_len,
-          config.data.max_target_len) if rationale_records and self.perplexity else []
+      # Built once, in the layout the student reads (decoder students: causal LM rows).
+      self.rationale_batches[split] = [
+          (view(batch) if view else batch, indices) for batch, indices in pipeline.make_eval_batches(
+              rationale_records, tokenizer, batch_size, config.data.max_source_len, config.data.max_target_len)
+      ] if rationale_records and self.perplexity else []
+
+  def _label_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What label prediction feeds the student: left-padded prompts for decoder-only students,
+    the encoder inputs otherwise."""
+    if self.kind == "decoder":
+      prompt, mask = pipeline.left_padded_prompts(batch, self.tokenizer.pad_id, self.tokenizer.eos_id)
+      return {"prompt": prompt, "mask": mask}
+    return {k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}
 
   def predict_labels(self, model, split: str) -> list[str]:
     predictions: list[str] = [""] * len(self.examples[split])
     tok = self.tokenizer
-    for batch, indices in self.label_batches[split]:
+    for inputs, indices in self.label_batches[split]:
+      glob = _to_global(inputs, self.mesh)
       if self.kind == "encoder":
-        glob = _to_global({k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}, self.mesh)
         classes = np.argmax(_to_host(_classify(model, glob["encoder_input_ids"], glob["encoder_segment_ids"])), -1)
         texts = [self.labels[c] for c in classes]
       else:
         if self.kind == "decoder":
-          prompt, mask = pipeline.left_padded_prompts(batch, tok.pad_id, tok.eos_id)
-          glob = _to_global({"prompt": prompt, "mask": mask}, self.mesh)
           ids = decode.causal_lm_generate(model, glob["prompt"], glob["mask"], max_new_tokens=self.max_new_tokens,
                                           eos_id=tok.eos_id)
         else:
-          glob = _to_global({k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}, self.mesh)
           ids = decode.greedy_decode(model, glob["encoder_input_ids"], glob["encoder_segment_ids"],
                                      max_len=self.max_new_tokens, eos_id=tok.eos_id)
         texts = [formats.parse_answer(tok.decode(row.tolist()), self.format) for row in _to_host(ids)]
@@ -116,8 +125,6 @@ class Evaluator:
     if self.rationale_batches[split]:
       nll, count = 0.0, 0.0
       for batch, _ in self.rationale_batches[split]:
-        if self.kind == "decoder":
-          batch = pipeline.causal_lm_rows(batch, self.tokenizer.pad_id, self.tokenizer.eos_id)
         batch_nll, batch_count = _rationale_nll(model, _to_global(batch, self.mesh))
         nll, count = nll + float(batch_nll), count + float(batch_count)
       metrics["rationale_perplexity"] = math.exp(nll / max(count, 1.0))

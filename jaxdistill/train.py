@@ -231,7 +231,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       max_source_len=row_source_len, max_target_len=row_target_len,
       truncate_source_len=config.data.max_source_len, truncate_target_len=config.data.max_target_len,
       packing=config.data.packing, packer=config.data.packer, seed=config.data.seed,
-      process_index=jax.process_index(), process_count=process_count)
+      process_index=jax.process_index(), process_count=process_count,
+      batch_view=students.batch_view(student.kind, tokenizer))
 
   manager = checkpoint.make_manager(
       os.path.join(workdir, "checkpoints"), every=config.train.checkpoint_every,
@@ -263,7 +264,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_metrics = []
   stopped_early = False
   while step < config.train.steps:
-    batch = partitioning.global_batch(students.train_batch(student.kind, next(train_iter), tokenizer), mesh)
+    batch = partitioning.global_batch(next(train_iter), mesh)
     state, metrics = train_step(state, batch)
     step += 1
     train_metrics.append(metrics)

@@ -14,6 +14,7 @@ from flax import nnx
 
 from jaxdistill.models import bert, common
 from jaxdistill.models import hf as hf_io
+from tests import hf_utils
 
 VOCAB = 97
 ROWS, LEN = 4, 12  # one batch shape for all forward tests: one compile per model
@@ -49,15 +50,12 @@ def _hf_model(kind: str):
   return _randomize(model).eval()
 
 
-def _torch_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
-  return {k: v.detach().numpy() for k, v in model.state_dict().items()}
-
 
 def _jax_from_hf(hf) -> bert.Bert:
   config = bert.config_from_hf(hf.config.to_dict(), add_pooler=hf.pooler is not None)
   # Abstract model: weights are loaded without materialising (and compiling) a random init.
   model = nnx.eval_shape(lambda: bert.build(config, nnx.Rngs(0)))
-  hf_io.load_weights(model, _torch_state(hf))
+  hf_io.load_weights(model, hf_utils.torch_state(hf))
   return model
 
 
@@ -140,10 +138,8 @@ def test_golden_outputs(golden):
 def test_hf_state_dict_roundtrip(golden):
   hf, model = golden
   exported = hf_io.state_dict(model)
-  ref = _torch_state(hf)
-  assert set(exported) == set(ref)
-  for name, value in ref.items():
-    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  ref = hf_utils.torch_state(hf)
+  hf_utils.assert_state_dicts_equal(exported, ref)
 
 
 def test_export_loads_in_transformers_and_back(golden, tmp_path):
@@ -174,21 +170,19 @@ def test_task_checkpoint_loads_its_encoder(golden):
   base = getattr(task, hf.config.model_type)
   config = bert.config_from_hf(hf.config.to_dict(), add_pooler=base.pooler is not None)
   model = nnx.eval_shape(lambda: bert.build(config, nnx.Rngs(0)))
-  hf_io.load_weights(model, _torch_state(task))
+  hf_io.load_weights(model, hf_utils.torch_state(task))
   exported = hf_io.state_dict(model)
-  ref = _torch_state(base)
-  assert set(exported) == set(ref)
-  for name, value in ref.items():
-    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  ref = hf_utils.torch_state(base)
+  hf_utils.assert_state_dicts_equal(exported, ref)
 
 
 def test_load_rejects_missing_and_unknown_weights(golden):
   hf, model = golden
-  sd = _torch_state(hf)
+  sd = hf_utils.torch_state(hf)
   del sd["encoder.layer.1.output.LayerNorm.bias"]
   with pytest.raises(ValueError, match="missing=.*output.LayerNorm.bias"):
     hf_io.load_weights(model, sd)
-  sd = {**_torch_state(hf), "encoder.layer.2.output.dense.weight": np.zeros((32, 48), np.float32)}
+  sd = {**hf_utils.torch_state(hf), "encoder.layer.2.output.dense.weight": np.zeros((32, 48), np.float32)}
   with pytest.raises(ValueError, match="unexpected=.*layer.2"):
     hf_io.load_weights(model, sd)
 

@@ -15,6 +15,7 @@ from transformers.models.deberta_v2 import modeling_deberta_v2
 
 from jaxdistill.models import deberta
 from jaxdistill.models import hf as hf_io
+from tests import hf_utils
 
 VOCAB, LENGTH = 97, 20
 COMMON = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2,
@@ -45,9 +46,6 @@ def _hf_model(variant: str):
   return model
 
 
-def _hf_tensors(model) -> dict[str, np.ndarray]:
-  return {k: v.detach().numpy() for k, v in model.state_dict().items()}
-
 
 def _abstract(config: deberta.DebertaConfig) -> deberta.Deberta:
   """A model without materialised (or compiled) random init, to load weights into."""
@@ -57,7 +55,7 @@ def _abstract(config: deberta.DebertaConfig) -> deberta.Deberta:
 def _jax_from_hf(model) -> deberta.Deberta:
   config = deberta.config_from_hf(model.config.to_dict())
   jax_model = _abstract(config)
-  hf_io.load_weights(jax_model, _hf_tensors(model))
+  hf_io.load_weights(jax_model, hf_utils.torch_state(model))
   return jax_model
 
 
@@ -179,17 +177,15 @@ def test_golden_other_configs(extra):
 def test_hf_state_dict_roundtrip(golden):
   hf, model = golden
   exported = hf_io.state_dict(model)
-  ref = _hf_tensors(hf)
-  assert set(exported) == set(ref)
-  for name, value in ref.items():
-    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  ref = hf_utils.torch_state(hf)
+  hf_utils.assert_state_dicts_equal(exported, ref)
 
 
 def test_task_checkpoint_loads(golden):
   """A task model's names ("deberta." prefix), its heads and v3's stray absolute position
   table are read; the base weights land where they belong."""
   hf, model = golden
-  tensors = {"deberta." + k: v for k, v in _hf_tensors(hf).items()}
+  tensors = {"deberta." + k: v for k, v in hf_utils.torch_state(hf).items()}
   tensors.update({"classifier.weight": np.zeros((2, 32), np.float32),
                   "pooler.dense.weight": np.zeros((32, 32), np.float32),
                   "mask_predictions.dense.weight": np.zeros((32, 32), np.float32),

@@ -14,6 +14,7 @@ from flax import nnx
 
 from jaxdistill.models import decode, llama
 from jaxdistill.models import hf as hf_io
+from tests import hf_utils
 
 VOCAB = 97
 ROWS, LENGTH = 3, 12  # one batch shape for the forward tests (and the naive decoder): one compile
@@ -55,14 +56,11 @@ def _hf_model(kind: str):
   return model
 
 
-def _torch_state(hf) -> dict[str, np.ndarray]:
-  return {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-
 
 def _jax_from_hf(hf) -> llama.Llama:
   config = llama.config_from_hf(hf.config.to_dict())
   model = nnx.eval_shape(lambda: llama.build(config, nnx.Rngs(0)))  # no random init compiles
-  hf_io.load_weights(model, _torch_state(hf))
+  hf_io.load_weights(model, hf_utils.torch_state(hf))
   return model
 
 
@@ -171,19 +169,17 @@ def test_golden_logits(golden):
 def test_hf_state_dict_roundtrip(golden):
   hf, model = golden
   exported = hf_io.state_dict(model)
-  reference = _torch_state(hf)
-  assert set(exported) == set(reference)
-  for name, value in reference.items():
-    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  reference = hf_utils.torch_state(hf)
+  hf_utils.assert_state_dicts_equal(exported, reference)
 
 
 def test_load_rejects_missing_and_unexpected(llama_pair):
   hf, model = llama_pair
-  sd = _torch_state(hf)
+  sd = hf_utils.torch_state(hf)
   del sd["model.layers.1.self_attn.o_proj.bias"]
   with pytest.raises(ValueError, match="o_proj.bias"):
     hf_io.load_weights(model, sd)
-  sd = {**_torch_state(hf), "model.layers.0.self_attn.q_norm.weight": np.ones(8, np.float32)}
+  sd = {**hf_utils.torch_state(hf), "model.layers.0.self_attn.q_norm.weight": np.ones(8, np.float32)}
   with pytest.raises(ValueError, match="q_norm"):
     hf_io.load_weights(model, sd)
 

@@ -415,8 +415,11 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
                        num_epochs: int | None = None, num_packing_bins: int | None = None,
                        num_threads: int = 0, prefetch: int = 2, packer: str = "pool",
                        truncate_source_len: int | None = None,
-                       truncate_target_len: int | None = None) -> grain.IterDataset:
-  """The training IterDataset (see module docstring); `iter()` it or use make_train_iterator."""
+                       truncate_target_len: int | None = None,
+                       batch_view: Callable[[Batch], Batch] | None = None) -> grain.IterDataset:
+  """The training IterDataset (see module docstring); `iter()` it or use make_train_iterator.
+  `batch_view` maps each batch to the layout the student reads (e.g. `causal_lm_rows`) in the
+  prefetch thread, off the training loop; it is stateless, so the iterator state is unchanged."""
   truncate_source_len = min(truncate_source_len or max_source_len, max_source_len)
   truncate_target_len = min(truncate_target_len or max_target_len, max_target_len)
   if packer not in PACKERS:
@@ -448,6 +451,8 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
   else:
     it = it.map(_Pad(max_source_len, max_target_len, tokenizer.pad_id))
   it = it.batch(per_host_batch_size, drop_remainder=True)
+  if batch_view is not None:
+    it = it.map(batch_view)
   if prefetch > 0:  # a background thread overlaps batch building with the (GIL-free) train step
     it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
   return it
@@ -458,7 +463,8 @@ def make_train_iterator(records: Records, tokenizer: Tokenizer, *, per_host_batc
                         process_index: int = 0, process_count: int = 1, num_epochs: int | None = None,
                         num_packing_bins: int | None = None, num_threads: int = 0, prefetch: int = 2,
                         packer: str = "pool", truncate_source_len: int | None = None,
-                        truncate_target_len: int | None = None) -> grain.DatasetIterator:
+                        truncate_target_len: int | None = None,
+                        batch_view: Callable[[Batch], Batch] | None = None) -> grain.DatasetIterator:
   """A checkpointable iterator of per-host Batch dicts ([per_host_batch_size, L] numpy arrays).
 
   `records` is a fixed sequence or `epoch -> records` (same length every epoch), e.g.
@@ -474,7 +480,7 @@ def make_train_iterator(records: Records, tokenizer: Tokenizer, *, per_host_batc
       max_target_len=max_target_len, packing=packing, seed=seed, process_index=process_index,
       process_count=process_count, num_epochs=num_epochs, num_packing_bins=num_packing_bins,
       num_threads=num_threads, prefetch=prefetch, packer=packer, truncate_source_len=truncate_source_len,
-      truncate_target_len=truncate_target_len))
+      truncate_target_len=truncate_target_len, batch_view=batch_view))
   if prefetch > 0:
     atexit.register(_close_at_exit, weakref.ref(it))
   return it

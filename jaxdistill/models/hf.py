@@ -30,6 +30,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -71,8 +72,9 @@ FAMILIES = {
 }
 
 
-def family_module(model_type: str) -> types.ModuleType:
-  return importlib.import_module(f"jaxdistill.models.{FAMILIES[model_type]}")
+def family_module(family: str) -> types.ModuleType:
+  """The family module by name ("t5", "bert", "deberta", "llama")."""
+  return importlib.import_module(f"jaxdistill.models.{family}")
 
 
 def family_of(model: nnx.Module) -> types.ModuleType:
@@ -94,7 +96,7 @@ def family_for(hf_config: Mapping[str, Any], where: str = "config.json") -> type
   model_type = hf_config.get("model_type")
   if model_type not in FAMILIES:
     raise ValueError(f"{where}: model_type {model_type!r} is not supported; known: {sorted(FAMILIES)}")
-  return family_module(model_type)
+  return family_module(FAMILIES[model_type])
 
 
 # --------------------------------------------------------------------------- reading tensors
@@ -288,7 +290,6 @@ def save(model: nnx.Module, path: str, *, tokenizer=None) -> None:
     old = path.rstrip("/") + ".old"
     os.replace(path, old)
     os.replace(tmp, path)
-    import shutil
     shutil.rmtree(old, ignore_errors=True)
   else:
     os.replace(tmp, path)

