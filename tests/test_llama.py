@@ -159,7 +159,7 @@ def test_golden_logits(golden):
   out = _forward(model, batch)
   logits = np.asarray(out["logits"])
   assert logits.dtype == np.float32 and logits.shape == ref.shape == (ROWS, LENGTH, VOCAB)
-  assert out["hidden"].shape == (ROWS, LENGTH, 32)
+  assert out["decoder_hidden"].shape == (ROWS, LENGTH, 32)
   assert np.isfinite(logits).all()  # padding positions too
   valid = batch["decoder_segment_ids"].astype(bool)
   np.testing.assert_allclose(logits[valid], ref[valid], atol=1e-4, rtol=0)
@@ -394,7 +394,7 @@ def test_bfloat16_activations(llama_pair, prompts):
   nnx.update(model, nnx.state(f32))  # the same float32 parameters
   batch = _right_padded(_rows(5, [12, 7, 3]))
   out = _forward(model, batch)
-  assert out["logits"].dtype == jnp.float32 and out["hidden"].dtype == jnp.bfloat16
+  assert out["logits"].dtype == jnp.float32 and out["decoder_hidden"].dtype == jnp.bfloat16
   assert {p.dtype for p in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
   valid = batch["decoder_segment_ids"].astype(bool)
   logits, ref = np.asarray(out["logits"])[valid], _logits(f32, batch)[valid]

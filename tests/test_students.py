@@ -140,18 +140,27 @@ def test_encoder_student_needs_a_label_set():
     students.spec(_config(preset="bert-tiny").model, 256, num_classes=0)
 
 
-@pytest.mark.parametrize("preset,fmt", [("bert-tiny", "multitask"), ("llama-tiny", "multitask"),
-                                        ("llama-tiny", "rationale_answer"), ("t5-tiny", "answer_rationale")])
-def test_students_train_and_evaluate(preset, fmt, tmp_path):
+# Every kind with every rationale loss somewhere (semantic: PST's term, objectives/semantic.py).
+@pytest.mark.parametrize("preset,fmt,rationale_loss", [
+    ("bert-tiny", "multitask", "both"), ("llama-tiny", "multitask", "token"),
+    ("llama-tiny", "rationale_answer", "semantic"), ("t5-tiny", "answer_rationale", "both")])
+def test_students_train_and_evaluate(preset, fmt, rationale_loss, tmp_path):
   from jaxdistill import train
   config = _config(preset=preset, tokenizer="byte")
-  config.objective.format = fmt
+  config.objective.update(format=fmt, rationale_loss=rationale_loss)
   config.data.demo.update(num_train=48, num_dev=16, num_test=16)
   config.train.update(steps=3, batch_size=4, log_every=1, checkpoint_every=3)
-  config.eval.update(every=3, max_label_len=4)
+  config.eval.update(every=3, max_label_len=4, measure_decode=fmt == "answer_rationale")
   result = train.run(config, str(tmp_path))
   assert result["model"]["family"] == preset.split("-")[0]
   assert 0.0 <= result["test_accuracy"] <= 1.0 and np.isfinite(result["test_rationale_perplexity"])
+  assert result["rationale_loss"] == rationale_loss
+  assert (tmp_path / "semantic_targets.npz").exists() == (rationale_loss != "token")
+  if fmt == "answer_rationale":  # the early stop's timing, on the same test set
+    decode = result["decode"]
+    assert decode["answer_max_new_tokens"] < decode["full_max_new_tokens"]
+    assert decode["answer_seconds"] > 0 and decode["speedup"] > 0
+    assert decode["answer_accuracy"] == result["test_accuracy"]
   if fmt == "multitask":  # the exported best model loads in transformers (the encoder, for encoders)
     import transformers
     auto = transformers.AutoModel if preset == "bert-tiny" else transformers.AutoModelForCausalLM

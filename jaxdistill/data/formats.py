@@ -68,6 +68,7 @@ class Seq2SeqRecord:
   # Combined formats: the target as (text, task_id, weight) parts, tokenized part by part; empty
   # for single-task records (then `target`, `task_id` and `weight` apply to every token).
   parts: tuple[tuple[str, int, float], ...] = ()
+  rationale: str = ""  # the rationale text a rationale record teaches (key of its semantic target)
 
   @property
   def has_rationale(self) -> bool:
@@ -107,7 +108,8 @@ def combined_record(ex: Example, answer: str, rationale: str | None, fmt: str, w
     raise ValueError(f"config.objective.format={fmt!r}: expected one of {FORMATS}")
   class_id = list(labels).index(answer) if labels is not None and answer in labels else -1
   task = RATIONALE if rationale is not None else LABEL
-  return Seq2SeqRecord(cot_prompt(ex), "".join(p[0] for p in parts), task, weight, ex.id, class_id, parts)
+  return Seq2SeqRecord(cot_prompt(ex), "".join(p[0] for p in parts), task, weight, ex.id, class_id, parts,
+                       rationale or "")
 
 
 def parse_answer(text: str, fmt: str) -> str:
@@ -215,7 +217,7 @@ def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_
 
   def record(text: str, weight: float) -> Seq2SeqRecord:
     if fmt == "multitask":
-      return Seq2SeqRecord(prompt, text, RATIONALE, weight, ex.id)
+      return Seq2SeqRecord(prompt, text, RATIONALE, weight, ex.id, rationale=text)
     return combined_record(ex, target, text, fmt, weight, labels)
 
   if mix == "both":

@@ -48,12 +48,12 @@ import atexit
 import collections
 import threading
 import weakref
-from typing import Callable, Iterable, Iterator, Sequence, Union
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import grain
 import numpy as np
 
-from jaxdistill.data.formats import Seq2SeqRecord
+from jaxdistill.data.formats import RATIONALE, Seq2SeqRecord
 from jaxdistill.data.tokenizer import Tokenizer
 
 Batch = dict[str, np.ndarray]
@@ -62,8 +62,10 @@ Records = Union[Sequence[Seq2SeqRecord], Callable[[int], Sequence[Seq2SeqRecord]
 BATCH_KEYS = (
     "encoder_input_ids", "encoder_segment_ids", "encoder_positions", "encoder_labels",
     "decoder_input_ids", "decoder_target_ids", "decoder_segment_ids", "decoder_positions",
-    "decoder_loss_weights", "decoder_task_ids",
+    "decoder_loss_weights", "decoder_task_ids", "decoder_semantic_ids",
 )
+# Token streams (padded with the pad id; every other per-token array is padded with 0).
+TOKEN_KEYS = ("encoder_input_ids", "decoder_input_ids", "decoder_target_ids")
 # Per-record features before packing/padding: name -> (stream, dtype).
 _FEATURES = {
     "encoder_input_ids": ("source", np.int32),
@@ -72,16 +74,21 @@ _FEATURES = {
     "decoder_target_ids": ("target", np.int32),
     "decoder_loss_weights": ("target", np.float32),
     "decoder_task_ids": ("target", np.int32),
+    # 1 + the row of a rationale token's semantic target (semantic.SemanticTargets), 0 elsewhere.
+    "decoder_semantic_ids": ("target", np.int32),
 }
 # Packed along with the others but sharing the segment ids / positions of the anchor.
-_PACK_META = ("encoder_labels", "decoder_input_ids", "decoder_loss_weights", "decoder_task_ids")
+_PACK_META = ("encoder_labels", "decoder_input_ids", "decoder_loss_weights", "decoder_task_ids",
+              "decoder_semantic_ids")
 
 
 def tokenize_record(record: Seq2SeqRecord, tokenizer: Tokenizer, max_source_len: int,
-                    max_target_len: int, encode: Callable[[str], list[int]] | None = None
-                    ) -> dict[str, np.ndarray]:
+                    max_target_len: int, encode: Callable[[str], list[int]] | None = None,
+                    semantic_index: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
   """Unpadded features of one record. Over-long sequences are truncated (EOS may be cut).
-  `encoder_labels` is 1 + the record's class id at its first source token, 0 elsewhere."""
+  `encoder_labels` is 1 + the record's class id at its first source token, 0 elsewhere;
+  `decoder_semantic_ids` is `semantic_index[record.rationale]` (1 + a row of the semantic
+  targets) on the rationale's tokens, 0 elsewhere and when no index is given."""
   encode = encode or tokenizer.encode
   src = list(encode(record.source)[:max_source_len])
   if record.parts:  # combined formats: per-part task ids and weights; one EOS at the end
@@ -97,6 +104,7 @@ def tokenize_record(record: Seq2SeqRecord, tokenizer: Tokenizer, max_source_len:
   else:
     tgt = list(encode(record.target)[:max_target_len])
     tasks, weights = [record.task_id] * len(tgt), [record.weight] * len(tgt)
+  semantic_id = semantic_index.get(record.rationale, 0) if semantic_index and record.rationale else 0
   labels = np.zeros(len(src), np.int32)
   if record.class_id >= 0 and len(src):
     labels[0] = record.class_id + 1  # classification heads read a record's first token
@@ -107,6 +115,7 @@ def tokenize_record(record: Seq2SeqRecord, tokenizer: Tokenizer, max_source_len:
       "decoder_target_ids": np.asarray(tgt, np.int32),
       "decoder_loss_weights": np.asarray(weights, np.float32),
       "decoder_task_ids": np.asarray(tasks, np.int32),
+      "decoder_semantic_ids": np.asarray([semantic_id if t == RATIONALE else 0 for t in tasks], np.int32),
   }
 
 
@@ -123,7 +132,7 @@ def pad_features(feats: dict[str, np.ndarray], max_source_len: int, max_target_l
   out = {}
   for name, (stream, _) in _FEATURES.items():
     length = max_source_len if stream == "source" else max_target_len
-    value = pad_id if name.endswith("_ids") and name != "decoder_task_ids" else 0
+    value = pad_id if name in TOKEN_KEYS else 0
     out[name] = _pad_to(feats[name], length, value)
   out["encoder_segment_ids"] = (np.arange(max_source_len) < ls).astype(np.int32)
   out["encoder_positions"] = np.where(out["encoder_segment_ids"] > 0, np.arange(max_source_len), 0).astype(np.int32)
@@ -171,8 +180,8 @@ class _Tokenize(grain.transforms.Map):
   sources and targets, and encoding dominates the pipeline's cost otherwise."""
 
   def __init__(self, records: _EpochRecords, tokenizer: Tokenizer, max_source_len: int, max_target_len: int,
-               cache_size: int = 1 << 18):
-    self.records, self.tokenizer = records, tokenizer
+               cache_size: int = 1 << 18, semantic_index: Mapping[str, int] | None = None):
+    self.records, self.tokenizer, self.semantic_index = records, tokenizer, semantic_index
     self.max_source_len, self.max_target_len = max_source_len, max_target_len
     self.cache_size = cache_size
     self._cache: collections.OrderedDict[str, tuple[int, ...]] = collections.OrderedDict()
@@ -194,7 +203,8 @@ class _Tokenize(grain.transforms.Map):
   def map(self, epoch_and_index):
     epoch, index = epoch_and_index
     record = self.records.epoch(epoch)[index]
-    return tokenize_record(record, self.tokenizer, self.max_source_len, self.max_target_len, self._encode)
+    return tokenize_record(record, self.tokenizer, self.max_source_len, self.max_target_len, self._encode,
+                           self.semantic_index)
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -239,6 +249,7 @@ class _RenamePacked(grain.transforms.Map):
         "decoder_positions": x["decoder_target_ids_positions"],
         "decoder_loss_weights": x["decoder_loss_weights"].astype(np.float32),
         "decoder_task_ids": x["decoder_task_ids"],
+        "decoder_semantic_ids": x["decoder_semantic_ids"],
     }
 
 
@@ -284,7 +295,7 @@ def _pack_row(parts: Sequence[dict[str, np.ndarray]], max_source_len: int, max_t
   out = {}
   for name, (stream, dtype) in _FEATURES.items():
     length = max_source_len if stream == "source" else max_target_len
-    value = pad_id if name.endswith("_ids") and name != "decoder_task_ids" else 0
+    value = pad_id if name in TOKEN_KEYS else 0
     row = np.full((length,), value, dtype)
     vals = np.concatenate([p[name] for p in parts]).astype(dtype)
     row[:len(vals)] = vals
@@ -416,10 +427,12 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
                        num_threads: int = 0, prefetch: int = 2, packer: str = "pool",
                        truncate_source_len: int | None = None,
                        truncate_target_len: int | None = None,
-                       batch_view: Callable[[Batch], Batch] | None = None) -> grain.IterDataset:
+                       batch_view: Callable[[Batch], Batch] | None = None,
+                       semantic_index: Mapping[str, int] | None = None) -> grain.IterDataset:
   """The training IterDataset (see module docstring); `iter()` it or use make_train_iterator.
   `batch_view` maps each batch to the layout the student reads (e.g. `causal_lm_rows`) in the
-  prefetch thread, off the training loop; it is stateless, so the iterator state is unchanged."""
+  prefetch thread, off the training loop; it is stateless, so the iterator state is unchanged.
+  `semantic_index` (rationale text -> 1 + row) fills `decoder_semantic_ids` (tokenize_record)."""
   truncate_source_len = min(truncate_source_len or max_source_len, max_source_len)
   truncate_target_len = min(truncate_target_len or max_target_len, max_target_len)
   if packer not in PACKERS:
@@ -432,7 +445,8 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
   ds = grain.MapDataset.range(epoch_records.size).shuffle(seed=int(seed) % 2**32)
   ds = ds.repeat(num_epochs).map_with_index(_EpochIndex(epoch_records.size))
   ds = ds[process_index::process_count]
-  ds = ds.map(_Tokenize(epoch_records, tokenizer, truncate_source_len, truncate_target_len))
+  ds = ds.map(_Tokenize(epoch_records, tokenizer, truncate_source_len, truncate_target_len,
+                        semantic_index=semantic_index))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(
       2 * per_host_batch_size, 64) if num_threads else 0))
   if packing and packer == "pool":
@@ -442,8 +456,7 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
   elif packing:
     lengths = {name: max_source_len if stream == "source" else max_target_len
                for name, (stream, _) in _FEATURES.items()}
-    padding = {name: tokenizer.pad_id if name in ("encoder_input_ids", "decoder_input_ids", "decoder_target_ids")
-               else 0 for name in _FEATURES}
+    padding = {name: tokenizer.pad_id if name in TOKEN_KEYS else 0 for name in _FEATURES}
     it = grain.experimental.FirstFitPackIterDataset(
         it, length_struct=lengths, num_packing_bins=num_packing_bins or per_host_batch_size,
         seed=int(seed), shuffle_bins=False, meta_features=_PACK_META, padding_struct=padding)
@@ -464,7 +477,8 @@ def make_train_iterator(records: Records, tokenizer: Tokenizer, *, per_host_batc
                         num_packing_bins: int | None = None, num_threads: int = 0, prefetch: int = 2,
                         packer: str = "pool", truncate_source_len: int | None = None,
                         truncate_target_len: int | None = None,
-                        batch_view: Callable[[Batch], Batch] | None = None) -> grain.DatasetIterator:
+                        batch_view: Callable[[Batch], Batch] | None = None,
+                        semantic_index: Mapping[str, int] | None = None) -> grain.DatasetIterator:
   """A checkpointable iterator of per-host Batch dicts ([per_host_batch_size, L] numpy arrays).
 
   `records` is a fixed sequence or `epoch -> records` (same length every epoch), e.g.
@@ -480,7 +494,7 @@ def make_train_iterator(records: Records, tokenizer: Tokenizer, *, per_host_batc
       max_target_len=max_target_len, packing=packing, seed=seed, process_index=process_index,
       process_count=process_count, num_epochs=num_epochs, num_packing_bins=num_packing_bins,
       num_threads=num_threads, prefetch=prefetch, packer=packer, truncate_source_len=truncate_source_len,
-      truncate_target_len=truncate_target_len, batch_view=batch_view))
+      truncate_target_len=truncate_target_len, batch_view=batch_view, semantic_index=semantic_index))
   if prefetch > 0:
     atexit.register(_close_at_exit, weakref.ref(it))
   return it
@@ -594,8 +608,9 @@ def causal_lm_rows(batch: Batch, pad_id: int, eos_id: int) -> Batch:
       out["decoder_loss_weights"][r, first:first + len(target)] = batch["decoder_loss_weights"][r, in_target]
       out["decoder_task_ids"][r, first:first + len(target)] = batch["decoder_task_ids"][r, in_target]
       start += n
-  if "encoder_labels" in batch:
-    out["encoder_labels"] = batch["encoder_labels"]  # kept for metrics; unused by the LM
+  for key in ("encoder_labels", "semantic_targets", "semantic_weights"):
+    if key in batch:  # per record, not per token: segment k keeps its number, so these carry over
+      out[key] = batch[key]
   return out
 
 

@@ -402,7 +402,7 @@ class Llama(nnx.Module):
     all ones) and `decoder_positions` (default 0..L-1)."""
     logits, hidden = self.forward(batch["decoder_input_ids"], batch.get("decoder_segment_ids"),
                                   batch.get("decoder_positions"), rngs=rngs)
-    return {"logits": logits, "hidden": hidden}
+    return {"logits": logits, "decoder_hidden": hidden}
 
   # ---- KV-cache API (used by jaxdistill.models.decode.causal_lm_generate)
 

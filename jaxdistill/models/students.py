@@ -128,6 +128,13 @@ def build(s: Spec, rngs: nnx.Rngs) -> nnx.Module:
   return model
 
 
+def decoder_hidden_size(s: Spec) -> int:
+  """Width of the hidden states that predict target tokens (outputs["decoder_hidden"])."""
+  if s.kind == "encoder":
+    return s.heads.hidden_size  # the explanation decoder's width
+  return int(s.config.d_model if s.family == "t5" else s.config.hidden_size)
+
+
 def load_checkpoint(s: Spec, model: nnx.Module) -> None:
   """Loads `s.checkpoint` into `model` in place (encoder students: into the encoder)."""
   if s.checkpoint:

@@ -22,7 +22,7 @@ import random
 from typing import Any
 
 from jaxdistill.data.examples import ESNLI_LABELS, Example, Rationale
-from jaxdistill.data.sources import Dataset, cap_train, cfg_get
+from jaxdistill.data.sources import Dataset, cached_rationales, cap_train, cfg_get
 
 TASK = "demo"
 LABELS = ESNLI_LABELS  # entailment, neutral, contradiction
@@ -159,7 +159,8 @@ def generate(seed: int = 0, *, num_train: int = DEFAULTS["num_train"], num_dev: 
 
 
 def load(config_data: Any) -> Dataset:
-  """`load(config.data)`: reads config.data.seed, config.data.demo.* and max_train_examples."""
+  """`load(config.data)`: reads config.data.seed, config.data.demo.*, max_train_examples and
+  cache_dir (when set, the teacher rationales are read from that cache instead)."""
   demo_cfg = cfg_get(config_data, "demo", None)
   kwargs = {k: cfg_get(demo_cfg, k, v) for k, v in DEFAULTS.items()}
   ds = generate(int(cfg_get(config_data, "seed", 0)), **kwargs)
@@ -168,4 +169,7 @@ def load(config_data: Any) -> Dataset:
     keep = {ex.id for ex in train} | {ex.id for s in ("dev", "test") for ex in ds.splits[s]}
     ds.rationales = {k: v for k, v in ds.rationales.items() if k in keep}
     ds.splits["train"] = train
+  from_cache = cached_rationales(config_data, [ex.id for exs in ds.splits.values() for ex in exs])
+  if from_cache is not None:  # config.data.cache_dir set: rationales come from that cache (e.g. a selection)
+    ds.rationales = from_cache
   return ds
