@@ -164,7 +164,7 @@ def test_combined_formats_one_record_per_rationale(fmt):
     if fmt == "rationale_answer":
       assert texts == [rat.rationale, " Answer: entailment"] and tasks == [RATIONALE, LABEL]
     else:
-      assert texts == ["entailment", f" Explanation: {rat.rationale}"] and tasks == [LABEL, RATIONALE]
+      assert texts == ["entailment Explanation:", f" {rat.rationale}"] and tasks == [LABEL, RATIONALE]
     assert r.target == "".join(texts) and r.has_rationale
     assert [p[2] for p in r.parts] == pytest.approx([1 / 3, 1 / 3])  # an example's answer weights sum to 1
   baseline = formats.records_for_example(EX, RATS, _obj("baseline", format=fmt), LABELS, None)

@@ -207,3 +207,22 @@ def test_packaged_minilm_embeddings_are_order_independent_unit_vectors():
   np.testing.assert_allclose(vectors, one_by_one, atol=2e-6)
   sims = vectors @ vectors.T
   assert sims[0, 1] > 0.5 > sims[0, 2]  # a paraphrase is closer than an unrelated sentence
+
+
+def test_a_local_teachers_hidden_states_embed_texts(tmp_path):
+  """Any supported HF directory can be the frozen encoder, e.g. a decoder LM's final hidden states."""
+  from jaxdistill.data import tokenizer as tokenizer_lib
+  from jaxdistill.embed import Embedder
+  from jaxdistill.models import common, hf, llama
+  texts = ["a cat is a pet", "the dog runs in the park", "birds can fly"]
+  tok = tokenizer_lib.load_tokenizer("bpe", texts=texts * 4, vocab_size=300)
+  teacher = llama.build(llama.get_config("llama-tiny", vocab_size=tok.vocab_size), nnx.Rngs(3))
+  hf.save(teacher, str(tmp_path / "teacher"), tokenizer=tok)
+  embedder = Embedder(str(tmp_path / "teacher"), batch_size=2)
+  got = embedder.embed(texts)
+  assert got.shape == (3, teacher.config.hidden_size) and embedder.family == "llama"
+  for text, vector in list(zip(texts, got))[:1]:  # eager forward is slow; one text shows the recipe
+    ids = jnp.asarray([embedder._ids(text)])
+    hidden = teacher.forward(ids, jnp.ones_like(ids))[1]
+    pooled = np.asarray(common.mean_pool(hidden, jnp.ones_like(ids)))[0]
+    np.testing.assert_allclose(vector, pooled / np.linalg.norm(pooled), atol=2e-5)

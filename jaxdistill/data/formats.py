@@ -103,7 +103,9 @@ def combined_record(ex: Example, answer: str, rationale: str | None, fmt: str, w
   elif fmt == "rationale_answer":
     parts = ((rationale, RATIONALE, weight), (ANSWER_MARK + answer, LABEL, weight))
   elif fmt == "answer_rationale":
-    parts = ((answer, LABEL, weight), (EXPLANATION_MARK + rationale, RATIONALE, weight))
+    # The marker ends the answer, so it is learned with it: a student trained without token loss
+    # on the rationale (PST's semantic loss) still learns where its answer stops.
+    parts = ((answer + EXPLANATION_MARK.rstrip(), LABEL, weight), (" " + rationale, RATIONALE, weight))
   else:
     raise ValueError(f"config.objective.format={fmt!r}: expected one of {FORMATS}")
   class_id = list(labels).index(answer) if labels is not None and answer in labels else -1
