@@ -24,13 +24,13 @@ from jaxdistill.models import decode, students
 from jaxdistill.objectives import losses
 
 
-def _to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   """Places a batch that every host holds in full as one array sharded over the batch axes."""
   sharding = partitioning.batch_sharding(mesh)
   return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx]) for k, v in batch.items()}
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
+def to_host(x: jax.Array) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(jax.device_get(x))
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -53,8 +53,10 @@ def _rationale_nll(model, batch):
 class Evaluator:
   """Holds the prepared dev/test batches; `evaluate(model, split)` returns a metrics dict."""
 
-  def __init__(self, config, dataset, tokenizer, mesh, kind: str = "seq2seq"):
+  def __init__(self, config, dataset, tokenizer, mesh, kind: str = "seq2seq", trace_scorer=None):
     self.tokenizer, self.mesh, self.kind, self.labels = tokenizer, mesh, kind, dataset.labels
+    # traces.Scorer or None: (examples, generated texts, predicted answers) -> the "traces" block.
+    self.trace_scorer = trace_scorer
     self.format = config.objective.get("format", "multitask")
     self.max_label_len = int(config.eval.max_label_len)
     # Tokens to generate before the answer can be read: the whole chain of thought for
@@ -99,15 +101,16 @@ class Evaluator:
       return {"prompt": prompt, "mask": mask}
     return {k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}
 
-  def predict_labels(self, model, split: str, max_new_tokens: int | None = None) -> list[str]:
-    """Predicted label strings of `split`; `max_new_tokens` overrides the decoding budget."""
+  def predict_labels(self, model, split: str, max_new_tokens: int | None = None, raw: bool = False) -> list[str]:
+    """Predicted label strings of `split`; `max_new_tokens` overrides the decoding budget; `raw`
+    returns the whole generated text (a trace and its answer) instead of the parsed answer."""
     max_new_tokens = max_new_tokens or self.max_new_tokens
     predictions: list[str] = [""] * len(self.examples[split])
     tok = self.tokenizer
     for inputs, indices in self.label_batches[split]:
-      glob = _to_global(inputs, self.mesh)
+      glob = to_global(inputs, self.mesh)
       if self.kind == "encoder":
-        classes = np.argmax(_to_host(_classify(model, glob["encoder_input_ids"], glob["encoder_segment_ids"])), -1)
+        classes = np.argmax(to_host(_classify(model, glob["encoder_input_ids"], glob["encoder_segment_ids"])), -1)
         texts = [self.labels[c] for c in classes]
       else:
         if self.kind == "decoder":
@@ -116,14 +119,17 @@ class Evaluator:
         else:
           ids = decode.greedy_decode(model, glob["encoder_input_ids"], glob["encoder_segment_ids"],
                                      max_len=max_new_tokens, eos_id=tok.eos_id)
-        texts = [formats.parse_answer(tok.decode(row.tolist()), self.format) for row in _to_host(ids)]
+        texts = [tok.decode(row.tolist()) for row in to_host(ids)]
+        if not raw:
+          texts = [formats.parse_answer(t, self.format) for t in texts]
       for row, index in enumerate(indices):
         if index >= 0:
           predictions[index] = texts[row]
     return predictions
 
-  def measure_decode(self, model, split: str) -> dict[str, Any]:
-    """Wall time of label prediction on `split`, warm (each budget runs once to compile first).
+  def measure_decode(self, model, split: str, repeats: int = 3) -> dict[str, Any]:
+    """Wall time of label prediction on `split`, warm (each budget runs once to compile first),
+    the fastest of `repeats` passes (other processes on the machine only ever add time).
 
     "answer_seconds" is what evaluation does (answer_rationale: stop after the answer). For
     answer_rationale, "full_seconds" decodes the answer and the whole rationale, the work a
@@ -136,10 +142,13 @@ class Evaluator:
       budgets["full"] = self.full_new_tokens
     out: dict[str, Any] = {"examples": len(self.examples[split])}
     for name, budget in budgets.items():
-      self.predict_labels(model, split, budget)  # compile
-      start = time.perf_counter()
-      predictions = self.predict_labels(model, split, budget)
-      out[f"{name}_seconds"] = time.perf_counter() - start
+      predictions = self.predict_labels(model, split, budget)  # compile
+      seconds = []
+      for _ in range(repeats):
+        start = time.perf_counter()
+        self.predict_labels(model, split, budget)
+        seconds.append(time.perf_counter() - start)
+      out[f"{name}_seconds"] = min(seconds)
       out[f"{name}_max_new_tokens"] = budget
       out[f"{name}_accuracy"] = sum(p == ex.label for p, ex in zip(predictions, self.examples[split])) / max(
           len(predictions), 1)
@@ -149,13 +158,17 @@ class Evaluator:
 
   def evaluate(self, model, split: str) -> dict[str, Any]:
     examples = self.examples[split]
-    predictions = self.predict_labels(model, split)
+    generated = self.predict_labels(model, split, raw=True) if self.trace_scorer is not None else None
+    predictions = ([formats.parse_answer(t, self.format) for t in generated] if generated is not None
+                   else self.predict_labels(model, split))
     correct = sum(p == ex.label for p, ex in zip(predictions, examples))
     metrics: dict[str, Any] = {"accuracy": correct / max(len(examples), 1), "examples": len(examples)}
     if self.rationale_batches[split]:
       nll, count = 0.0, 0.0
       for batch, _ in self.rationale_batches[split]:
-        batch_nll, batch_count = _rationale_nll(model, _to_global(batch, self.mesh))
+        batch_nll, batch_count = _rationale_nll(model, to_global(batch, self.mesh))
         nll, count = nll + float(batch_nll), count + float(batch_count)
       metrics["rationale_perplexity"] = math.exp(nll / max(count, 1.0))
+    if self.trace_scorer is not None:
+      metrics["traces"] = self.trace_scorer(examples, generated, predictions)
     return metrics

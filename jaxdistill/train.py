@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 from typing import Any
 
@@ -21,7 +22,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from jaxdistill import checkpoint, evaluate, partitioning
+from jaxdistill import checkpoint, evaluate, partitioning, traces
 from jaxdistill.data import formats, pipeline, sources
 from jaxdistill.data import tokenizer as tokenizer_lib
 from jaxdistill.models import hf, students
@@ -180,6 +181,18 @@ def export_hf(model: nnx.Module, kind: str, tokenizer, path: str) -> None:
   logging.info("exported the best %s model for transformers to %s", kind, path)
 
 
+def _scalars(prefix: str, metrics: dict) -> dict[str, float]:
+  """The numeric leaves of a (nested) metrics dict as "prefix/a/b" scalars; text and None (the
+  trace block's samples and undefined statistics) are left out of TensorBoard, kept in metrics.json."""
+  out = {}
+  for k, v in metrics.items():
+    if isinstance(v, dict):
+      out.update(_scalars(f"{prefix}/{k}", v))
+    elif isinstance(v, numbers.Real):
+      out[f"{prefix}/{k}"] = v
+  return out
+
+
 def _write_metrics_json(workdir: str, metrics: dict) -> None:
   path = os.path.join(workdir, "metrics.json")
   tmp = path + ".tmp"
@@ -207,6 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   print(f"mesh: {partitioning.describe(mesh)}", flush=True)
 
   dataset = sources.load_dataset(config.data)
+  dataset, trace_scorer = traces.setup(config, dataset)  # unchanged, None unless config.traces
   for reason, count in sorted(dataset.skipped.items()):
     logging.warning("skipped %d bad records: %s", count, reason)
   logging.info("data: %s", {k: len(v) for k, v in dataset.splits.items()})
@@ -220,7 +234,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if semantic.enabled(config.objective):
     sem = config.objective.semantic
     targets = semantic.build_targets(
-        semantic.rationale_texts(dataset.splits["train"], dataset.rationales), sem.encoder,
+        semantic.rationale_texts(dataset.splits["train"], dataset.rationales, config.objective.name), sem.encoder,
         known=semantic.cache_embeddings(config.data.cache_dir, sem.encoder),
         save_path=os.path.join(workdir, "semantic_targets.npz") if is_chief else None,
         batch_size=int(sem.batch_size))
@@ -265,7 +279,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored is not None:
     start_step, state, meta = restored
 
-  evaluator = evaluate.Evaluator(config, dataset, tokenizer, mesh, student.kind)
+  evaluator = evaluate.Evaluator(config, dataset, tokenizer, mesh, student.kind, trace_scorer=trace_scorer)
   train_step = make_train_step(student, config, mesh)
   preemption = checkpoint.PreemptionFlag()
   report = periodic_actions.ReportProgress(num_train_steps=config.train.steps, writer=writer)
@@ -273,7 +287,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def evaluate_dev(step: int) -> None:
     dev = evaluator.evaluate(student.model(state), "dev")
-    writer.write_scalars(step, {f"dev/{k}": v for k, v in dev.items()})
+    writer.write_scalars(step, _scalars("dev", dev))
     logging.info("step %d dev: %s", step, dev)
     if dev["accuracy"] > meta["best_dev_accuracy"]:
       meta.update(best_dev_accuracy=dev["accuracy"], best_step=step,
@@ -320,7 +334,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   best_model = student.model(state)
   nnx.update(best_model, best_params)
   test = evaluator.evaluate(best_model, "test")  # exactly once, on the best-on-dev model
-  writer.write_scalars(step, {f"test/{k}": v for k, v in test.items()})
+  writer.write_scalars(step, _scalars("test", test))
   writer.flush()
   decode_timing = evaluator.measure_decode(best_model, "test") if config.eval.measure_decode else None
   if config.train.export_hf and is_chief:
@@ -344,6 +358,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "format": config.objective.format,
       "rationale_loss": config.objective.rationale_loss if semantic.enabled(config.objective) else "token",
   }
+  if "traces" in test:  # trace runs: per-step accuracy, trace x answer table, phi (jaxdistill/traces.py)
+    result["traces"] = test["traces"]
   if decode_timing:
     result["decode"] = decode_timing
   if is_chief:
@@ -353,3 +369,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return result
 
 
+
+
+def restore_best(config: ml_collections.ConfigDict, workdir: str) -> tuple[nnx.Module, evaluate.Evaluator]:
+  """The best-on-dev student of a finished run in `workdir` and an Evaluator of its data, rebuilt
+  from `config` (the run's own), e.g. to re-measure or re-evaluate a run without training again."""
+  workdir = os.path.abspath(workdir)
+  mesh = partitioning.make_mesh(config.mesh)
+  dataset = sources.load_dataset(config.data)
+  dataset, trace_scorer = traces.setup(config, dataset)
+  tokenizer = tokenizer_lib.load_tokenizer(
+      tokenizer_spec(config.model), save_dir=os.path.join(workdir, "tokenizer"),
+      texts=formats.tokenizer_corpus(dataset.splits["train"], dataset.rationales, dataset.labels),
+      vocab_size=int(config.model.vocab_size))
+  student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()))
+  model = student.model(state)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), nnx.state(model))
+  restored = checkpoint.restore_params(os.path.join(workdir, "best"), abstract)
+  if restored is None:
+    raise FileNotFoundError(f"{workdir}/best: no best-on-dev checkpoint (has the run finished?)")
+  nnx.update(model, restored[0])
+  return model, evaluate.Evaluator(config, dataset, tokenizer, mesh, student.kind, trace_scorer=trace_scorer)

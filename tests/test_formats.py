@@ -168,7 +168,9 @@ def test_combined_formats_one_record_per_rationale(fmt):
     assert r.target == "".join(texts) and r.has_rationale
     assert [p[2] for p in r.parts] == pytest.approx([1 / 3, 1 / 3])  # an example's answer weights sum to 1
   baseline = formats.records_for_example(EX, RATS, _obj("baseline", format=fmt), LABELS, None)
-  assert [(r.source, r.parts) for r in baseline] == [(formats.input_text(EX), (("entailment", LABEL, 1.0),))]
+  answer = "Answer: entailment" if fmt == "rationale_answer" else "entailment"  # parse_answer reads both
+  assert [(r.source, r.parts) for r in baseline] == [(formats.input_text(EX), ((answer, LABEL, 1.0),))]
+  assert formats.parse_answer(answer, fmt) == "entailment"
 
 
 def test_parse_answer():

@@ -226,3 +226,11 @@ def test_a_local_teachers_hidden_states_embed_texts(tmp_path):
     hidden = teacher.forward(ids, jnp.ones_like(ids))[1]
     pooled = np.asarray(common.mean_pool(hidden, jnp.ones_like(ids)))[0]
     np.testing.assert_allclose(vector, pooled / np.linalg.norm(pooled), atol=2e-5)
+
+
+def test_rationale_texts_follow_the_objective():
+  examples = _examples()[:1]
+  rationales = _rationales(examples)
+  assert semantic.rationale_texts(examples, rationales, "cot") == ["teacher e0 0", "teacher e0 1"]
+  assert semantic.rationale_texts(examples, rationales, "human") == ["human 0"]
+  assert len(semantic.rationale_texts(examples, rationales, "hybrid")) == 3

@@ -27,7 +27,8 @@ objective.format chooses how label and rationale meet a target:
 In the combined formats a record's target has parts with their own task ids (the rationale
 tokens count as RATIONALE, the marker and answer as LABEL), so the same loss terms apply;
 an example's answer weights sum to 1 however many rationales it has. Examples without a
-rationale get a target with the answer alone.
+rationale get a target with the answer alone ("Answer: <label>" in rationale_answer, so the
+answer is read the same way).
 
 The label/rationale balance (alpha) is applied in the loss, never here: `weight` is
 only the within-task multiplier of a record's target tokens.
@@ -98,7 +99,9 @@ def cot_prompt(ex: Example) -> str:
 def combined_record(ex: Example, answer: str, rationale: str | None, fmt: str, weight: float,
                     labels: Sequence[str] | None = None) -> Seq2SeqRecord:
   """A record whose target holds the answer and (optionally) a rationale, in `fmt` order."""
-  if rationale is None:
+  if rationale is None and fmt == "rationale_answer":  # "Answer: <label>": parse_answer reads it
+    parts = ((ANSWER_MARK.lstrip() + answer, LABEL, weight),)
+  elif rationale is None:
     parts = ((answer, LABEL, weight),)
   elif fmt == "rationale_answer":
     parts = ((rationale, RATIONALE, weight), (ANSWER_MARK + answer, LABEL, weight))

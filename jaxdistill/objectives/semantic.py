@@ -92,13 +92,16 @@ def _apply_all(views, batch):
   return batch
 
 
-def rationale_texts(examples, rationales: Mapping[str, Sequence[Any]]) -> list[str]:
-  """Every text a rationale record of `examples` can teach: human explanations and teacher
-  rationales (a superset of any one epoch's records, so objective.mix="sample" is covered)."""
+def rationale_texts(examples, rationales: Mapping[str, Sequence[Any]], objective: str = "hybrid") -> list[str]:
+  """Every text a rationale record of `examples` can teach under `objective` (config.objective.name):
+  human explanations (human, hybrid) and teacher rationales (cot, hybrid); a superset of any one
+  epoch's records, so objective.mix="sample" is covered."""
   texts = set()
   for ex in examples:
-    texts.update(h for h in ex.human_explanations if h and h.strip())
-    texts.update(r.rationale for r in rationales.get(ex.id, ()) if r.rationale and r.rationale.strip())
+    if objective in ("human", "hybrid"):
+      texts.update(h for h in ex.human_explanations if h and h.strip())
+    if objective in ("cot", "hybrid"):
+      texts.update(r.rationale for r in rationales.get(ex.id, ()) if r.rationale and r.rationale.strip())
   return sorted(texts)
 
 

@@ -22,6 +22,9 @@ SOURCES = {
     "tfds": "jaxdistill.data.sources.tfds_esnli",
     "hf": "jaxdistill.data.sources.hf_esnli",
     "jsonl": "jaxdistill.data.sources.jsonl",
+    "babi": "jaxdistill.data.sources.babi",  # built-in bAbI-style QA with gold traces (configs/traces.py)
+    "cotemp": "jaxdistill.data.sources.cotemp",
+    "msmarco": "jaxdistill.data.sources.msmarco",
 }
 
 ON_ERROR = ("raise", "skip")

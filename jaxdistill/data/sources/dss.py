@@ -461,9 +461,13 @@ def assemble(task: str, by_split: Mapping[str, list[Example]], dev_size: int, ma
 
   No train split (e-SNLI as shipped here): train = valid minus its last dev_size, dev =
   those. A train split: train = train; dev = the last dev_size of valid if there is one,
-  else the last dev_size of train. test = test.
+  else the last dev_size of train. test = test. A cache whose examples already carry the
+  assembled names (a "dev" split, e.g. a MoRSD selection written by jaxdistill.select) is used
+  as written: released splits are never called "dev", and re-splitting would move examples.
   """
-  if "train" in by_split:
+  if "dev" in by_split:
+    train, dev = list(by_split.get("train", [])), list(by_split["dev"])
+  elif "train" in by_split:
     train = list(by_split["train"])
     if by_split.get("valid"):
       valid = list(by_split["valid"])
