@@ -5,11 +5,12 @@ Thin on purpose: flags, distributed/platform set-up, then `train.run`.
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from jaxdistill import runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/hybrid.py", "Setting config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: runs/<setting name>).")
@@ -18,21 +19,10 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Drops the INFO chatter of Orbax and Grain (every save logs dozens of lines); keeps warnings."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
-    return record.levelno >= std_logging.WARNING or not noisy
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  # TensorFlow (imported by CLU/tfds) must never grab an accelerator from JAX.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
+  runtime.prepare_process()
   import jax  # pylint: disable=g-import-not-at-top
 
   if _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):

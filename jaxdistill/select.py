@@ -53,7 +53,6 @@ import dataclasses
 import glob
 import hashlib
 import json
-import logging as std_logging
 import math
 import os
 import shutil
@@ -70,7 +69,7 @@ from absl import app, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from jaxdistill import evaluate, partitioning
+from jaxdistill import evaluate, partitioning, runtime
 from jaxdistill.data import formats, pipeline, sources
 from jaxdistill.data import tokenizer as tokenizer_lib
 from jaxdistill.data.cache import RationaleCache
@@ -665,20 +664,10 @@ def run(config: ml_collections.ConfigDict, scores: Mapping[Key, Mapping[str, flo
   return Selection(summary, dict(scores), kept)
 
 
-class QuietLibraries(std_logging.Filter):
-  """Drops the INFO chatter of Orbax and Grain (the warm-up readers train); keeps warnings."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
-    return record.levelno >= std_logging.WARNING or not noisy
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(QuietLibraries())
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (CLU imports it; keep it off accelerators)
-  tf.config.set_visible_devices([], "GPU")
+  runtime.prepare_process()
   run(_CONFIG.value)
 
 

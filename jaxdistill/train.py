@@ -209,6 +209,18 @@ def _fingerprint(params) -> str:
   return digest.hexdigest()[:16]
 
 
+def load_data(config: ml_collections.ConfigDict, workdir: str, save_tokenizer: bool = True):
+  """(dataset, trace scorer or None, tokenizer) of a run: the data source, the trace set-up (a no-op
+  unless config.traces) and the tokenizer, a trained one kept in WORKDIR/tokenizer (loaded when there)."""
+  dataset = sources.load_dataset(config.data)
+  dataset, trace_scorer = traces.setup(config, dataset)
+  tokenizer = tokenizer_lib.load_tokenizer(
+      tokenizer_spec(config.model), texts=formats.tokenizer_corpus(dataset.splits["train"], dataset.rationales, dataset.labels),
+      save_dir=os.path.join(workdir, "tokenizer") if save_tokenizer else None,
+      vocab_size=int(config.model.vocab_size))
+  return dataset, trace_scorer, tokenizer
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -219,16 +231,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("mesh: %s", partitioning.describe(mesh))
   print(f"mesh: {partitioning.describe(mesh)}", flush=True)
 
-  dataset = sources.load_dataset(config.data)
-  dataset, trace_scorer = traces.setup(config, dataset)  # unchanged, None unless config.traces
+  dataset, trace_scorer, tokenizer = load_data(config, workdir, save_tokenizer=is_chief)
   for reason, count in sorted(dataset.skipped.items()):
     logging.warning("skipped %d bad records: %s", count, reason)
   logging.info("data: %s", {k: len(v) for k, v in dataset.splits.items()})
-
-  tokenizer = tokenizer_lib.load_tokenizer(
-      tokenizer_spec(config.model), texts=formats.tokenizer_corpus(dataset.splits["train"], dataset.rationales, dataset.labels),
-      save_dir=os.path.join(workdir, "tokenizer") if is_chief else None,
-      vocab_size=int(config.model.vocab_size))
 
   targets = None
   if semantic.enabled(config.objective):
@@ -376,12 +382,7 @@ def restore_best(config: ml_collections.ConfigDict, workdir: str) -> tuple[nnx.M
   from `config` (the run's own), e.g. to re-measure or re-evaluate a run without training again."""
   workdir = os.path.abspath(workdir)
   mesh = partitioning.make_mesh(config.mesh)
-  dataset = sources.load_dataset(config.data)
-  dataset, trace_scorer = traces.setup(config, dataset)
-  tokenizer = tokenizer_lib.load_tokenizer(
-      tokenizer_spec(config.model), save_dir=os.path.join(workdir, "tokenizer"),
-      texts=formats.tokenizer_corpus(dataset.splits["train"], dataset.rationales, dataset.labels),
-      vocab_size=int(config.model.vocab_size))
+  dataset, trace_scorer, tokenizer = load_data(config, workdir)
   student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()))
   model = student.model(state)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), nnx.state(model))

@@ -102,10 +102,8 @@ def notes(summary: dict, config) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from jaxdistill import report, select  # pylint: disable=g-import-not-at-top
-  logging.get_absl_handler().addFilter(select.QuietLibraries())
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (CLU imports it; keep it off accelerators)
-  tf.config.set_visible_devices([], "GPU")
+  from jaxdistill import report, runtime, select  # pylint: disable=g-import-not-at-top
+  runtime.prepare_process()
   config, root = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   for s in _STRATEGIES.value:
     if s not in select.STRATEGIES:

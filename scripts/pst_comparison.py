@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from jaxdistill import report, train
+from jaxdistill import report, runtime, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/pst.py", "Base config of every variant.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pst_comparison", "Root directory of the variants' runs.")
@@ -73,6 +73,7 @@ def main(argv: Sequence[str]) -> None:
   unknown = sorted(set(names) - set(VARIANTS))
   if unknown:
     raise app.UsageError(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
+  runtime.prepare_process()
   base = _CONFIG.value
   rows = [run_variant(base, name, _WORKDIR.value) for name in names]
   if _RETIME.value:

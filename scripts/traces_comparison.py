@@ -28,7 +28,7 @@ if REPO not in sys.path:
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from jaxdistill import report, train, traces  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdistill import report, runtime, train, traces  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "traces.py"),
                                           "Base config of every variant.")
@@ -82,6 +82,7 @@ def main(argv: Sequence[str]) -> None:
   unknown = sorted(set(names) - set(traces.VARIANTS))
   if unknown:
     raise app.UsageError(f"--variants: unknown {unknown}; known: {list(traces.VARIANTS)}")
+  runtime.prepare_process()
   base = _CONFIG.value
   rows = [run_variant(base, name, _WORKDIR.value) for name in names]
   first = rows[0]
