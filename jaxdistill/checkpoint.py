@@ -3,6 +3,13 @@
 `WORKDIR/checkpoints` holds the latest K steps (async saves, restore-on-start); `WORKDIR/best`
 holds the best-on-dev parameters. Saving the Grain iterator with the model means a resumed
 run sees exactly the batches an uninterrupted run would have seen.
+
+Every save may be cut by a kill at any point and done again by the rerun: `best/N` is written
+(synchronously) before the step-N train checkpoint commits, so a run killed in between resumes
+from an older step, replays to N and saves `best/N` again, which replaces the one on disk.
+`best/` keeps the previous best too: the step the committed train checkpoint names stays
+restorable while a newer one is being written. Half-written step directories of a killed save
+(`*.orbax-checkpoint-tmp*`) are removed when a manager opens the directory.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ def make_manager(directory: str, *, every: int, keep: int, async_save: bool) -> 
       max_to_keep=keep,
       create=True,
       enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
   )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -54,22 +62,26 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
 
 
 def save_params(directory: str, params: Any, meta: dict) -> None:
-  """Writes a standalone parameter checkpoint (used for the best-on-dev model)."""
-  manager = make_manager(directory, every=1, keep=1, async_save=False)
+  """Writes a standalone parameter checkpoint at step meta["step"] (the best-on-dev model),
+  replacing one of the same step left by a run that was killed before its train checkpoint."""
+  manager = make_manager(directory, every=1, keep=2, async_save=False)
   step = int(meta["step"])
+  if step in manager.all_steps():
+    manager.delete(step)
   manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
                                              meta=ocp.args.JsonSave(meta)), force=True)
   manager.wait_until_finished()
   manager.close()
 
 
-def restore_params(directory: str, abstract_params: Any):
-  """Returns (params, meta) of the checkpoint in `directory`, or None if there is none."""
+def restore_params(directory: str, abstract_params: Any, step: int | None = None):
+  """Returns (params, meta) of `step` (default: the newest) in `directory`, or None if it is not there."""
   if not os.path.isdir(directory):
     return None
-  manager = make_manager(directory, every=1, keep=1, async_save=False)
-  step = manager.latest_step()
-  if step is None:
+  manager = make_manager(directory, every=1, keep=2, async_save=False)
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    manager.close()
     return None
   restored = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))

@@ -137,6 +137,8 @@ class Evaluator:
     accuracies of both are reported so the early stop is seen to lose nothing."""
     if self.kind == "encoder":
       return {}
+    if not self.examples[split]:
+      raise ValueError(f"no {split} examples to time decoding on")
     budgets = {"answer": self.max_new_tokens}
     if self.format == "answer_rationale":
       budgets["full"] = self.full_new_tokens
@@ -150,19 +152,21 @@ class Evaluator:
         seconds.append(time.perf_counter() - start)
       out[f"{name}_seconds"] = min(seconds)
       out[f"{name}_max_new_tokens"] = budget
-      out[f"{name}_accuracy"] = sum(p == ex.label for p, ex in zip(predictions, self.examples[split])) / max(
-          len(predictions), 1)
+      out[f"{name}_accuracy"] = sum(p == ex.label for p, ex in zip(predictions, self.examples[split])) / len(
+          predictions)
     if "full_seconds" in out:
       out["speedup"] = out["full_seconds"] / max(out["answer_seconds"], 1e-9)
     return out
 
   def evaluate(self, model, split: str) -> dict[str, Any]:
     examples = self.examples[split]
+    if not examples:  # a score on nothing would read as a real 0 (or 1)
+      raise ValueError(f"no {split} examples to evaluate")
     generated = self.predict_labels(model, split, raw=True) if self.trace_scorer is not None else None
     predictions = ([formats.parse_answer(t, self.format) for t in generated] if generated is not None
                    else self.predict_labels(model, split))
     correct = sum(p == ex.label for p, ex in zip(predictions, examples))
-    metrics: dict[str, Any] = {"accuracy": correct / max(len(examples), 1), "examples": len(examples)}
+    metrics: dict[str, Any] = {"accuracy": correct / len(examples), "examples": len(examples)}
     if self.rationale_batches[split]:
       nll, count = 0.0, 0.0
       for batch, _ in self.rationale_batches[split]:

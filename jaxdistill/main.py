@@ -37,7 +37,8 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config.name)
   logging.info("config:\n%s", config)
-  train.run(config, workdir)
+  with runtime.refusals_as_exit():
+    train.run(config, workdir)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging as std_logging
 
 from absl import logging
@@ -21,3 +22,15 @@ def prepare_process() -> None:
   logging.get_absl_handler().addFilter(QuietLibraries())
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
+
+
+@contextlib.contextmanager
+def refusals_as_exit():
+  """Ends the tool with a one-line "error: ..." (exit status 1) for a config or data refusal, which
+  names its key, file or line; a traceback would bury that line."""
+  from jaxdistill.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from jaxdistill.data.examples import DataError  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except (ConfigError, DataError) as e:
+    raise SystemExit(f"error: {e}") from None

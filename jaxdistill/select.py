@@ -69,7 +69,7 @@ from absl import app, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from jaxdistill import evaluate, partitioning, runtime
+from jaxdistill import evaluate, files, partitioning, runtime
 from jaxdistill.data import formats, pipeline, sources
 from jaxdistill.data import tokenizer as tokenizer_lib
 from jaxdistill.data.cache import RationaleCache
@@ -315,11 +315,17 @@ def rationale_difficulty(scorer: Scorer, examples: Mapping[str, Example],
       records.setdefault(pairs[-1][1], with_rec)
       records.setdefault(pairs[-1][2], without_rec)
   known = dict(store.nll) if store is not None else {}
-  todo = sorted((k for k in records if k not in known), key=lambda k: (len(records[k].source), k))
+  # Chunks are cut from all records, not from those left to score, so a resumed run pads and
+  # batches every record exactly as an uninterrupted one (identical NLLs, bit for bit).
+  ordered = sorted(records, key=lambda k: (len(records[k].source), k))
+  todo = sum(k not in known for k in ordered)
   if todo:
-    logging.info("scoring %d records (%d already scored)", len(todo), len(records) - len(todo))
-  for start in range(0, len(todo), max(int(chunk), 1)):
-    part = todo[start:start + chunk]
+    logging.info("scoring %d records (%d already scored)", todo, len(records) - todo)
+  chunk = max(int(chunk), 1)
+  for start in range(0, len(ordered), chunk):
+    part = [k for k in ordered[start:start + chunk] if k not in known]
+    if not part:
+      continue
     new = dict(zip(part, record_nll(scorer, [records[k] for k in part]).tolist()))
     known.update(new)
     if store is not None:
@@ -393,16 +399,15 @@ def reader_rows(examples: Sequence[Example], cands: Mapping[str, Sequence[Ration
 
 def _write_jsonl(path: str, rows: Sequence[Mapping]) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  os.replace(path + ".tmp", path)
+  files.atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def reader_config(config: ml_collections.ConfigDict, data_dir: str, task: str) -> ml_collections.ConfigDict:
   """The warm-up reader's run: label-only (baseline) on the jsonl rows of `reader_rows`."""
   scorer = config.select.scorer
   c = config.copy_and_resolve_references()
+  with c.unlocked():
+    del c["select"]  # the selection's own settings do not change a reader (its run's fingerprint)
   c.name = "morsd-reader"
   c.objective.name, c.objective.alpha, c.objective.format = "baseline", 1.0, "multitask"
   c.data.source, c.data.path, c.data.task, c.data.cache_dir = "jsonl", data_dir, task, ""
@@ -449,8 +454,7 @@ def train_reader(config, dataset: sources.Dataset, cands: Candidates, fold: int,
   if jax.process_index() == 0:
     _write_jsonl(os.path.join(workdir, "data", "train.jsonl"), train_rows)
     _write_jsonl(os.path.join(workdir, "data", "dev.jsonl"), dev_rows)
-    with open(stamp_path, "w") as f:
-      f.write(stamp + "\n")
+    files.atomic_write_text(stamp_path, stamp + "\n")
   print(f"reader {fold}: training on {len(seen)} examples ({len(train_rows)} records), {c.train.steps} steps",
         flush=True)
   train.run(c, workdir)
@@ -505,6 +509,8 @@ def write_cache(out_dir: str, dataset: sources.Dataset, kept: Candidates,
   """A new cache at out_dir: all examples, kept train rationales with scores, dev/test rationales
   as they were. Built beside it and swapped in (the manifest last), so the directory never holds
   a mix of two selections; scorer runs and score stores in out_dir are left alone."""
+  for stale in glob.glob(os.path.join(out_dir, ".selection-*")):  # left by a killed write (one writer: chief)
+    shutil.rmtree(stale, ignore_errors=True)
   tmp = os.path.join(out_dir, f".selection-{os.getpid()}-{uuid.uuid4().hex[:6]}")
   cache = RationaleCache.create(tmp, source=source)
   cache.write_examples([ex for split in ("train", "dev", "test") for ex in dataset.splits.get(split, [])])
@@ -572,15 +578,9 @@ def rd_histogram(cands: Mapping[str, Sequence[Rationale]], scores: Mapping[Key, 
   os.replace(path + ".tmp.png", path)
 
 
-def _write_text(path: str, text: str) -> None:
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
-
-
 def write_report(out_dir: str, summary: dict, kept_correct: float | None) -> str:
   """selection.json (everything), selection_report.md (the counts table, RD figures, histogram)."""
-  _write_text(os.path.join(out_dir, REPORT_JSON), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+  files.atomic_write_text(os.path.join(out_dir, REPORT_JSON), json.dumps(summary, indent=2, sort_keys=True) + "\n")
   c, rd, sel = summary["counts"], summary["rd"], summary["select"]
   lines = [f"# MoRSD selection: {summary['data']['task']} ({summary['data']['source']})", "",
            "| stage | rationales | examples with >= 1 |", "|---|---|---|"]
@@ -596,7 +596,7 @@ def write_report(out_dir: str, summary: dict, kept_correct: float | None) -> str
             f"with both kinds. Kept rationales teacher-correct: {fmt(kept_correct)}.", "",
             f"Scorer: {json.dumps(summary['scorer'])}", "", f"![RD histogram]({RD_HIST})", ""]
   text = "\n".join(lines)
-  _write_text(os.path.join(out_dir, REPORT_MD), text)
+  files.atomic_write_text(os.path.join(out_dir, REPORT_MD), text)
   return text
 
 
@@ -668,7 +668,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runtime.prepare_process()
-  run(_CONFIG.value)
+  with runtime.refusals_as_exit():
+    run(_CONFIG.value)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from jaxdistill import checkpoint, evaluate, partitioning, traces
+from jaxdistill import checkpoint, evaluate, files, partitioning, traces, workdir as workdir_lib
+from jaxdistill import config as config_lib
 from jaxdistill.data import formats, pipeline, sources
 from jaxdistill.data import tokenizer as tokenizer_lib
 from jaxdistill.models import hf, students
@@ -194,11 +195,7 @@ def _scalars(prefix: str, metrics: dict) -> dict[str, float]:
 
 
 def _write_metrics_json(workdir: str, metrics: dict) -> None:
-  path = os.path.join(workdir, "metrics.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(metrics, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  files.atomic_write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True))
 
 
 def _fingerprint(params) -> str:
@@ -209,29 +206,93 @@ def _fingerprint(params) -> str:
   return digest.hexdigest()[:16]
 
 
-def load_data(config: ml_collections.ConfigDict, workdir: str, save_tokenizer: bool = True):
-  """(dataset, trace scorer or None, tokenizer) of a run: the data source, the trace set-up (a no-op
-  unless config.traces) and the tokenizer, a trained one kept in WORKDIR/tokenizer (loaded when there)."""
+def load_dataset(config: ml_collections.ConfigDict):
+  """(dataset, trace scorer or None): the data source and the trace set-up (a no-op unless
+  config.traces), with the checks no run may skip: no empty split, no lost rationales."""
   dataset = sources.load_dataset(config.data)
   dataset, trace_scorer = traces.setup(config, dataset)
-  tokenizer = tokenizer_lib.load_tokenizer(
+  check_splits(config, dataset)
+  return dataset, trace_scorer
+
+
+def load_tokenizer(config: ml_collections.ConfigDict, dataset, workdir: str, save: bool = True):
+  """The run's tokenizer; a trained one is kept in WORKDIR/tokenizer (and loaded when there)."""
+  return tokenizer_lib.load_tokenizer(
       tokenizer_spec(config.model), texts=formats.tokenizer_corpus(dataset.splits["train"], dataset.rationales, dataset.labels),
-      save_dir=os.path.join(workdir, "tokenizer") if save_tokenizer else None,
+      save_dir=os.path.join(workdir, "tokenizer") if save else None,
       vocab_size=int(config.model.vocab_size))
-  return dataset, trace_scorer, tokenizer
+
+
+def check_splits(config: ml_collections.ConfigDict, dataset) -> None:
+  """No score on nothing: train and dev must hold examples (after data.max_eval_examples), and
+  so must test where the data has one. Without a test split, metrics.json says so (null)."""
+  where = f"config.data.source={config.data.source!r}" + (f" at {config.data.path}" if config.data.path else "")
+  limit = int(config.data.max_eval_examples)
+  for split, examples in dataset.splits.items():
+    if not examples:
+      raise config_lib.ConfigError(f"{where}: the {split} split has no examples")
+    if split != "train" and limit == 0:
+      raise config_lib.ConfigError(f"config.data.max_eval_examples=0 leaves the {split} split empty")
+  if not dataset.splits.get("dev"):
+    raise config_lib.ConfigError(f"{where}: no dev split to select the model on")
+
+
+def check_rationales(config: ml_collections.ConfigDict, dataset) -> dict[str, float]:
+  """The fraction of training examples with a rationale of each kind the objective trains on;
+  refuses (naming the likely cause) when one is under objective.min_rationale_fraction, so a
+  `cot` run on a mismatched or emptied cache cannot quietly train label-only."""
+  train_examples = dataset.splits["train"]
+  coverage = formats.rationale_coverage(train_examples, dataset.rationales, config.objective)
+  floor = float(config.objective.min_rationale_fraction)
+  for kind, fraction in coverage.items():
+    logging.info("%s rationales for %.1f%% of %d training examples", kind, 100 * fraction, len(train_examples))
+    if fraction < floor:
+      raise config_lib.ConfigError(
+          f"config.objective.name={config.objective.name!r} trains on {kind} rationales but only "
+          f"{fraction:.1%} of the {len(train_examples)} training examples have one (at least "
+          f"config.objective.min_rationale_fraction={floor} needed): {_missing_rationale_cause(config, dataset, kind)}")
+  return coverage
+
+
+def _missing_rationale_cause(config: ml_collections.ConfigDict, dataset, kind: str) -> str:
+  if kind == "human":
+    return f"the {dataset.task} data carries few human explanations"
+  cache_dir = config.data.cache_dir
+  if not cache_dir:
+    return f"config.data.source={config.data.source!r} gives few teacher rationales (set config.data.cache_dir?)"
+  from jaxdistill.data.cache import RationaleCache  # pylint: disable=g-import-not-at-top
+  cached_ids = {key[0] for key in RationaleCache.open(cache_dir).keys()}
+  if not cached_ids:
+    return f"config.data.cache_dir={cache_dir} is an empty cache (no rationale rows)"
+  data_ids = {ex.id for split in dataset.splits.values() for ex in split}
+  matching = len(cached_ids & data_ids)
+  if matching < len(cached_ids) / 2:
+    return (f"cache/example id mismatch: config.data.cache_dir={cache_dir} holds rationales of {len(cached_ids)} "
+            f"examples, {matching} of them in this dataset (cache ids like {sorted(cached_ids)[0]!r}, "
+            f"data ids like {sorted(data_ids)[0]!r})")
+  return (f"config.data.cache_dir={cache_dir} has rationales for too few of these examples (a lost shard or an "
+          "interrupted import? `python -m jaxdistill.cache verify --out=DIR`)")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  config_lib.validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
-
   mesh = partitioning.make_mesh(config.mesh)
+  config_lib.validate_mesh(config, mesh, jax.process_count())
   logging.info("mesh: %s", partitioning.describe(mesh))
   print(f"mesh: {partitioning.describe(mesh)}", flush=True)
 
-  dataset, trace_scorer, tokenizer = load_data(config, workdir, save_tokenizer=is_chief)
+  # Everything a run is refused for is checked before it writes anything but the fingerprint.
+  dataset, trace_scorer = load_dataset(config)
+  rationale_coverage = check_rationales(config, dataset)
+  changed = workdir_lib.check(workdir, workdir_lib.fingerprint(config, dataset),
+                              allow_change=bool(config.train.allow_config_change), write=is_chief)
+  if changed:
+    logging.warning("continuing %s with a changed config (train.allow_config_change): %s", workdir, "; ".join(changed))
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
+  tokenizer = load_tokenizer(config, dataset, workdir, save=is_chief)
   for reason, count in sorted(dataset.skipped.items()):
     logging.warning("skipped %d bad records: %s", count, reason)
   logging.info("data: %s", {k: len(v) for k, v in dataset.splits.items()})
@@ -259,9 +320,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("host %d of %d: reads training records %d::%d of %d examples",
                jax.process_index(), process_count, jax.process_index(), process_count,
                len(dataset.splits["train"]))
-  if config.train.batch_size % process_count:
-    raise ValueError(f"config.train.batch_size={config.train.batch_size} is not divisible by "
-                     f"{process_count} hosts")
   records = formats.records_per_epoch(dataset.splits["train"], dataset.rationales, config.objective,
                                       dataset.labels, seed=config.data.seed)
   row_source_len, row_target_len = row_shape(config.data, records(0) if callable(records) else records, tokenizer)
@@ -333,16 +391,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("parameter fingerprint (process %d): %s", jax.process_index(), _fingerprint(student.params(state)))
   if meta["best_step"] < 0:  # resumed after the final save but before the final eval: redo it
     evaluate_dev(step)
-  best_params, _ = checkpoint.restore_params(
-      os.path.join(workdir, "best"),
-      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                   student.params(state)))
+  best_dir = os.path.join(workdir, "best")
+  restored_best = checkpoint.restore_params(
+      best_dir, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                             student.params(state)), step=meta["best_step"])
+  if restored_best is None:
+    raise FileNotFoundError(f"{best_dir}: the best-on-dev model of step {meta['best_step']} is missing "
+                            "(deleted by hand?); rerun in a new --workdir")
   best_model = student.model(state)
-  nnx.update(best_model, best_params)
-  test = evaluator.evaluate(best_model, "test")  # exactly once, on the best-on-dev model
-  writer.write_scalars(step, _scalars("test", test))
+  nnx.update(best_model, restored_best[0])
+  has_test = "test" in dataset.splits
+  test = evaluator.evaluate(best_model, "test") if has_test else {}  # once, on the best-on-dev model
+  if has_test:
+    writer.write_scalars(step, _scalars("test", test))
+  else:
+    logging.warning("%s has no test split: metrics.json reports test_accuracy=null", config.data.source)
   writer.flush()
-  decode_timing = evaluator.measure_decode(best_model, "test") if config.eval.measure_decode else None
+  decode_timing = evaluator.measure_decode(best_model, "test") if config.eval.measure_decode and has_test else None
   if config.train.export_hf and is_chief:
     export_hf(best_model, student.kind, tokenizer, os.path.join(workdir, "hf"))
 
@@ -353,11 +418,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "best_step": meta["best_step"],
       "dev_accuracy": meta["best_dev_accuracy"],
       "dev_rationale_perplexity": meta.get("best_dev_rationale_perplexity"),
-      "test_accuracy": test["accuracy"],
+      "test_accuracy": test.get("accuracy"),  # null when the data has no test split
       "test_rationale_perplexity": test.get("rationale_perplexity"),
       "data": {"source": config.data.source, "task": dataset.task,
                **{f"{k}_examples": len(v) for k, v in dataset.splits.items()},
-               "skipped": dict(dataset.skipped)},
+               "skipped": dict(dataset.skipped), "rationale_coverage": rationale_coverage},
       "model": {"student": student_name(config.model), "family": student.spec.family, "kind": student.kind,
                 "parameters": int(n_params)},
       "mesh": dict(mesh.shape),
@@ -370,8 +435,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result["decode"] = decode_timing
   if is_chief:
     _write_metrics_json(workdir, result)
+  test_text = "none (no test split)" if test.get("accuracy") is None else f"{test['accuracy']:.4f}"
   print(f"{config.name}: dev_accuracy={result['dev_accuracy']:.4f} "
-        f"test_accuracy={result['test_accuracy']:.4f} (steps={step}, workdir={workdir})", flush=True)
+        f"test_accuracy={test_text} (steps={step}, workdir={workdir})", flush=True)
   return result
 
 
@@ -382,7 +448,8 @@ def restore_best(config: ml_collections.ConfigDict, workdir: str) -> tuple[nnx.M
   from `config` (the run's own), e.g. to re-measure or re-evaluate a run without training again."""
   workdir = os.path.abspath(workdir)
   mesh = partitioning.make_mesh(config.mesh)
-  dataset, trace_scorer, tokenizer = load_data(config, workdir)
+  dataset, trace_scorer = load_dataset(config)
+  tokenizer = load_tokenizer(config, dataset, workdir)
   student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()))
   model = student.model(state)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), nnx.state(model))

@@ -3,12 +3,17 @@
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
 
+from jaxdistill import files
+from jaxdistill.data import cache as cache_lib
 from jaxdistill.data.cache import RationaleCache, SCHEMA_VERSION
-from jaxdistill.data.examples import Example, Rationale
+from jaxdistill.data.examples import DataError, Example, Rationale
 
 
 def _ex(i, split="train"):
@@ -166,3 +171,156 @@ def test_two_processes_write_concurrently(tmp_path):
       "examples": 180, "rationales": 180, "examples_by_task_split": {"esnli/train": 180},
       "rationales_by_teacher_prompt": {"t/p": 180}}
   assert len(cache.manifest["shards"]) == len(cache.shard_files()) + len(cache.shard_files("examples"))
+
+
+# --- integrity: verify(), readers refuse lost data, repair ----------------------------------------
+
+def _three_shards(path):
+  """A cache with 6 examples and 3 rationale shards of 2 rows each (6 rationales)."""
+  cache = RationaleCache.create(path, source={"kind": "unit", "note": "provenance"})
+  cache.write_examples([_ex(i) for i in range(6)])
+  for lo in (0, 2, 4):
+    cache.write_rationales([_rat(lo), _rat(lo + 1)])
+  return cache
+
+
+def test_verify_is_empty_on_a_consistent_cache(tmp_path):
+  cache = _three_shards(str(tmp_path / "c"))
+  assert cache.verify() == []
+  cache.compact()
+  assert cache.verify() == [] and RationaleCache.open(cache.path).verify() == []
+
+
+def test_missing_shard_is_refused_by_readers_and_a_rewrite_rebuilds_the_manifest(tmp_path):
+  cache = _three_shards(str(tmp_path / "c"))
+  lost = cache.shard_files("rationales")[1]
+  os.remove(lost)
+  problems = cache.verify()
+  name = "rationales/" + os.path.basename(lost)
+  assert any(name in p and "missing" in p for p in problems), problems
+  assert any("6 rationales" in p and "4" in p for p in problems), problems
+  with pytest.raises(DataError, match=r"verify --out=.* --repair") as e:
+    RationaleCache.open(cache.path)
+  assert cache.path in str(e.value) and name in str(e.value)
+  # Re-importing writes the lost rows again; the manifest must then match the shards (it used to
+  # append to the stale counts: 8 rationales for 6 on disk).
+  again = RationaleCache(cache.path)
+  assert again.write_rationales([_rat(i) for i in range(6)]) == 2
+  assert again.manifest["counts"]["rationales"] == 6
+  assert again.verify() == []
+  assert again.manifest["source"] == {"kind": "unit", "note": "provenance"}
+  assert len(RationaleCache.open(cache.path).read_rationales()) == 6
+
+
+def test_row_count_mismatch_is_refused(tmp_path):
+  cache = _three_shards(str(tmp_path / "c"))
+  shard = cache.shard_files("rationales")[0]
+  pq.write_table(pq.read_table(shard).slice(0, 1), shard)  # replaced behind the cache's back
+  problems = cache.verify()
+  assert any(os.path.basename(shard) in p and "1 rows" in p and "lists 2" in p for p in problems), problems
+  with pytest.raises(DataError, match="1 rows"):
+    RationaleCache.open(cache.path)
+
+
+def test_unlisted_shard_is_read_with_a_warning(tmp_path, caplog):
+  cache = _three_shards(str(tmp_path / "c"))
+  # A writer that died between writing its shard and updating the manifest.
+  extra = os.path.join(cache.path, "rationales", "part-99999999999999999999-x-1-deadbeef.parquet")
+  pq.write_table(pq.read_table(cache.shard_files("rationales")[0]).slice(0, 1).set_column(
+      0, "example_id", [["ex-9"]]), extra)
+  problems = cache.verify()
+  assert len(problems) == 1 and os.path.basename(extra) in problems[0] and "not listed" in problems[0]
+  with caplog.at_level("WARNING"):
+    opened = RationaleCache.open(cache.path)
+  assert "not listed" in caplog.text
+  assert {r.example_id for r in opened.read_rationales()} == {f"ex-{i}" for i in (0, 1, 2, 3, 4, 5, 9)}
+  opened.rebuild_manifest()
+  assert opened.verify() == [] and opened.manifest["counts"]["rationales"] == 7
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"schema_version": 1, "shards": [', "[1, 2]", "",
+                                  b"\xff\xfe{}"])
+def test_unreadable_manifest_names_the_file_and_repair_rebuilds_it(tmp_path, text):
+  cache = _three_shards(str(tmp_path / "c"))
+  manifest = os.path.join(cache.path, "manifest.json")
+  with open(manifest, "wb") as f:
+    f.write(text if isinstance(text, bytes) else text.encode())
+  with pytest.raises(DataError, match=r"manifest\.json.*verify --out=.* --repair"):
+    RationaleCache.open(cache.path)
+  with pytest.raises(DataError, match=r"manifest\.json"):
+    cache.manifest  # pylint: disable=pointless-statement
+  assert any("manifest.json" in p for p in cache.verify())
+  cache.rebuild_manifest()
+  m = RationaleCache.open(cache.path).manifest
+  assert m["counts"]["examples"] == 6 and m["counts"]["rationales"] == 6 and cache.verify() == []
+  assert [f for f in os.listdir(cache.path) if f.startswith("manifest.json.unreadable")]  # kept for a look
+
+
+def test_shards_without_a_manifest(tmp_path):
+  cache = _three_shards(str(tmp_path / "c"))
+  os.remove(os.path.join(cache.path, "manifest.json"))
+  with pytest.raises(DataError, match=r"no manifest\.json.*--repair"):
+    RationaleCache.open(cache.path)
+  assert any("manifest.json" in p and "missing" in p for p in cache.verify())
+  # A writer (e.g. a re-run import) builds the manifest from the shards, not an empty one.
+  assert RationaleCache.create(cache.path).manifest["counts"]["rationales"] == 6
+  assert cache.verify() == []
+
+
+def test_rebuild_manifest_keeps_provenance(tmp_path):
+  cache = _three_shards(str(tmp_path / "c"))
+  assert cache.rebuild_manifest()["source"] == {"kind": "unit", "note": "provenance"}
+  assert cache.manifest["source"] == {"kind": "unit", "note": "provenance"}
+
+
+def _dead_pid():
+  p = subprocess.Popen([sys.executable, "-c", "pass"])
+  p.wait()
+  return p.pid
+
+
+def test_a_writer_removes_temp_files_of_dead_writers(tmp_path):
+  """Temp files of a killed writer go; those of a live writer, or of another host's recent one, stay."""
+  cache = _three_shards(str(tmp_path / "c"))
+  host = files.host()
+  dead, alive = _dead_pid(), os.getpid()
+  names = {
+      "dead": os.path.join("rationales", f".tmp-part-{time.time_ns():020d}-{host}-{dead}-0123abcd.parquet.tmp"),
+      "dead_manifest": f".manifest.json.{host}-{dead}-0123abcd.tmp",
+      "alive": os.path.join("examples", f".tmp-part-{time.time_ns():020d}-{host}-{alive}-0123abcd.parquet.tmp"),
+      "other_host": os.path.join("rationales", f".tmp-part-{time.time_ns():020d}-elsewhere-1-0123abcd.parquet.tmp"),
+      "other_host_old": os.path.join("rationales", f".tmp-part-{time.time_ns():020d}-elsewhere-2-0123abcd.parquet.tmp"),
+      "old_format": ".manifest.json.0123456789abcdef0123456789abcdef.tmp",
+  }
+  for name in names.values():
+    with open(os.path.join(cache.path, name), "wb") as f:
+      f.write(b"half written")
+  day_ago = time.time() - 24 * 3600
+  for key in ("other_host_old", "old_format"):
+    os.utime(os.path.join(cache.path, names[key]), (day_ago, day_ago))
+  assert RationaleCache(cache.path).write_rationales([_rat(6)]) == 1
+  left = {k for k, name in names.items() if os.path.exists(os.path.join(cache.path, name))}
+  assert left == {"alive", "other_host"}
+  assert cache.verify() == []
+
+
+def _compactor(path, rounds):
+  cache = RationaleCache(path)
+  for i in range(rounds):
+    cache.write_rationales([_rat(1000 + i)])
+    cache.compact()
+
+
+def test_readers_never_see_a_compaction_as_lost_data(tmp_path):
+  path = str(tmp_path / "c")
+  _three_shards(path)
+  ctx = multiprocessing.get_context("spawn")
+  proc = ctx.Process(target=_compactor, args=(path, 25))
+  proc.start()
+  opened = 0
+  while proc.is_alive() or opened == 0:
+    assert RationaleCache.open(path).verify() == []  # verify() reads under the lock: never a half state
+    opened += 1
+  proc.join(60)
+  assert proc.exitcode == 0 and opened > 1
+  assert RationaleCache.open(path).verify() == []

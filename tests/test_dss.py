@@ -204,6 +204,8 @@ BAD_RECORDS = [
      r"esnli_valid\.json:4: missing field 'hypothesis'"),
     ("esnli", "valid", "esnli_valid.json", 5, _set_field("label", 7), "unknown_label",
      r"esnli_valid\.json:5: unknown label 7"),
+    ("esnli", "valid", "esnli_valid.json", 5, _set_field("label", True), "unknown_label",
+     r"esnli_valid\.json:5: unknown label True"),
     ("esnli", "test", "esnli_test.json", 1, _set_field("explanation_1", "  "), "empty_explanation",
      r"esnli_test\.json:1: field 'explanation_1' is empty"),
     ("esnli", "valid", "esnli_valid.json", 1, _set_field("premise", ["x"]), "bad_field",
@@ -267,6 +269,64 @@ def test_bad_cot_files(dss_fixture_dir, tmp_path):
   assert len(exs) == 4 and len(rats) == 3 and skipped == {"bad_completion": 1}
 
 
+def test_invalid_utf8_in_records(dss_fixture_dir, tmp_path):
+  tdir = _copy_task(dss_fixture_dir, tmp_path, "esnli")
+  path = tdir / "esnli_valid.json"
+  lines = path.read_bytes().split(b"\n")
+  lines[1] = lines[1].replace(b"Tossing", b"To\xe9ssing")  # Latin-1, not UTF-8
+  path.write_bytes(b"\n".join(lines))
+  with pytest.raises(DataError, match=r"esnli_valid\.json:2: invalid UTF-8"):
+    dss.read_split(str(tmp_path), "esnli", "valid")
+  exs, rats, skipped = dss.read_split(str(tmp_path), "esnli", "valid", on_error="skip")
+  assert skipped == {"invalid_utf8": 1} and [e.id for e in exs] == ["esnli-valid-0", "esnli-valid-2",
+                                                                    "esnli-valid-3"]
+  good = {r.example_id: r for r in dss.read_split(str(dss_fixture_dir), "esnli", "valid")[1]}
+  assert rats == [good[e.id] for e in exs]  # completions stay aligned around the bad line
+  # A JSON-list records file names the line too.
+  path.write_bytes(b'[{"premise": "p",\n "hypothesis": "\xff"}]')
+  with pytest.raises(DataError, match=r"esnli_valid\.json:2: invalid UTF-8"):
+    dss.read_split(str(tmp_path), "esnli", "valid", on_error="skip")
+
+
+def test_invalid_utf8_in_cot_file(dss_fixture_dir, tmp_path):
+  tdir = _copy_task(dss_fixture_dir, tmp_path, "esnli")
+  (tdir / "llm" / "valid_CoT_2.json").write_bytes(b'["A potter \xe0 the wheel."]')
+  with pytest.raises(DataError, match=r"valid_CoT_2\.json:1: invalid UTF-8"):
+    dss.read_split(str(tmp_path), "esnli", "valid")
+  exs, rats, skipped = dss.read_split(str(tmp_path), "esnli", "valid", on_error="skip")
+  assert len(exs) == 4 and rats == [] and skipped == {"invalid_utf8": 4}
+
+
+def test_split_keys_follow_the_data(dss_fixture_dir, tmp_path):
+  """splits has "train" and "dev" always, "test" only when the data has a test split."""
+  tdir = _copy_task(dss_fixture_dir, tmp_path, "esnli")
+  (tdir / "esnli_test.json").unlink()
+  (tdir / "llm" / "test_CoT_0.json").unlink()
+  cfg = {"source": "dss", "task": "esnli", "path": str(tmp_path), "dev_size": 1}
+  d = load_dataset(cfg)
+  assert sorted(d.splits) == ["dev", "train"]
+  out = str(tmp_path / "cache")
+  assert _cli("import-dss", "--task=cqa", f"--src={dss_fixture_dir}", "--split=train", f"--out={out}").returncode == 0
+  d = load_dataset({"source": "dss", "task": "cqa", "cache_dir": out, "dev_size": 1})
+  assert sorted(d.splits) == ["dev", "train"] and len(d.splits["dev"]) == 1
+  assert sorted(load_dataset(dict(cfg, path=str(dss_fixture_dir))).splits) == ["dev", "test", "train"]
+
+
+@pytest.mark.parametrize("split,fname", [("test", "esnli_test.json"), ("valid", "esnli_valid.json")])
+def test_released_split_without_examples(dss_fixture_dir, tmp_path, split, fname):
+  tdir = _copy_task(dss_fixture_dir, tmp_path, "esnli")
+  for cot in (tdir / "llm").glob(f"{split}_CoT_*.json"):
+    cot.unlink()
+  (tdir / fname).write_text("\n")
+  cfg = {"source": "dss", "task": "esnli", "path": str(tmp_path), "dev_size": 1}
+  with pytest.raises(DataError, match=rf"{fname} has no examples"):
+    load_dataset(cfg)
+  (tdir / fname).write_text('{"premise": "p"}\n[1]\n')  # every record bad, and skipped
+  with pytest.raises(DataError, match=rf"{fname} has no examples \(2 records skipped: "
+                                      r"bad_record=1, missing_field=1\)"):
+    load_dataset(dict(cfg, on_error="skip"))
+
+
 def test_load_reports_skipped(dss_fixture_dir, tmp_path):
   tdir = _copy_task(dss_fixture_dir, tmp_path, "esnli")
   _edit_line(tdir / "esnli_valid.json", 1, _set_field("label", -1))
@@ -314,6 +374,81 @@ def test_cli_on_error_skip(dss_fixture_dir, tmp_path):
            "--on_error=skip")
   assert r.returncode == 0, r.stderr
   assert "skipped: malformed_json=1" in r.stdout and "teacher accuracy: 0.3333 (1/3)" in r.stdout
+
+
+def _json_out(text):
+  return json.loads(text[text.index("{"):])
+
+
+def test_cli_verify_info_and_reimport_after_a_lost_shard(dss_fixture_dir, tmp_path):
+  from jaxdistill.data.cache import RationaleCache
+  out = str(tmp_path / "cache")
+  args = ("import-dss", "--task=cqa", f"--src={dss_fixture_dir}", "--split=all", f"--out={out}")
+  assert _cli(*args).returncode == 0
+  assert _cli("verify", f"--out={out}").returncode == 0
+  lost = RationaleCache(out).shard_files("rationales")[-1]  # the test split's 2 rationales
+  pathlib.Path(lost).unlink()
+  r = _cli("info", f"--out={out}")
+  assert r.returncode == 0, r.stderr
+  info = _json_out(r.stdout)
+  assert info["counts"]["rationales"] == 6 and info["on_disk"]["rationales"] == 4
+  assert any("missing on disk" in p for p in info["problems"]) and "problem(s)" in r.stderr
+  r = _cli("verify", f"--out={out}")
+  assert r.returncode == 1 and f"problem: rationales/{pathlib.Path(lost).name}: listed in manifest.json" in r.stdout
+  cfg = {"source": "dss", "task": "cqa", "path": "", "cache_dir": out, "dev_size": 1}
+  with pytest.raises(DataError, match=r"data lost or changed.*verify --out=.* --repair"):
+    load_dataset(cfg)
+  # Re-running the import writes the lost rows again and the manifest matches the shards.
+  r = _cli(*args)
+  assert r.returncode == 0 and "rationales 2 (2 new)" in r.stdout
+  assert f"cache {out}: 6 examples, 6 rationales" in r.stdout
+  assert _cli("verify", f"--cache={out}").returncode == 0
+  assert _json_out(_cli("info", f"--out={out}").stdout)["problems"] == []
+  assert len(load_dataset(cfg).splits["test"]) == 2
+
+
+def test_cli_verify_repair_accepts_the_shards(dss_fixture_dir, tmp_path):
+  from jaxdistill.data.cache import RationaleCache
+  out = str(tmp_path / "cache")
+  assert _cli("import-dss", "--task=cqa", f"--src={dss_fixture_dir}", "--split=all", f"--out={out}").returncode == 0
+  pathlib.Path(RationaleCache(out).shard_files("rationales")[-1]).unlink()
+  r = _cli("verify", f"--out={out}", "--repair")
+  assert r.returncode == 0, r.stdout + r.stderr
+  assert "problem: " in r.stdout and "repaired: rebuilt" in r.stdout and "4 rationales" in r.stdout
+  m = RationaleCache.open(out).manifest
+  assert m["counts"]["rationales"] == 4 and set(m["source"]["imports"]["cqa"]) == {"train", "test"}
+  # An unreadable manifest: named, refused, and rebuilt from the shards.
+  pathlib.Path(out, "manifest.json").write_text('{"schema_version": 1, "shar')
+  r = _cli("info", f"--out={out}")
+  assert "manifest.json: unreadable manifest" in r.stdout
+  r = _cli("verify", f"--out={out}")
+  assert r.returncode == 1 and "manifest.json: unreadable manifest" in r.stdout
+  assert _cli("verify", f"--out={out}", "--repair").returncode == 0
+  assert RationaleCache.open(out).manifest["counts"] == {
+      "examples": 6, "rationales": 4, "examples_by_task_split": {"cqa/train": 4, "cqa/test": 2},
+      "rationales_by_teacher_prompt": {"palm-540b/dss-cot": 4}}
+  r = _cli("verify", f"--out={tmp_path / 'nothing'}")
+  assert r.returncode != 0 and "no rationale cache here" in r.stderr
+
+
+def test_import_killed_between_examples_and_rationales_is_completed_by_rerun(dss_fixture_dir, tmp_path,
+                                                                             monkeypatch):
+  from jaxdistill import cache as cache_tool
+  from jaxdistill.data.cache import RationaleCache
+  out = str(tmp_path / "cache")
+
+  def killed(self, rows):
+    raise KeyboardInterrupt  # the process dies after the examples shard, before the rationales one
+
+  with monkeypatch.context() as m:
+    m.setattr(RationaleCache, "write_rationales", killed)
+    with pytest.raises(KeyboardInterrupt):
+      cache_tool.import_dss("cqa", str(dss_fixture_dir), "train", out, echo=lambda _: None)
+  cache = RationaleCache.open(out)
+  assert len(cache.read_examples()) == 4 and cache.read_rationales() == []
+  (summary,) = cache_tool.import_dss("cqa", str(dss_fixture_dir), "train", out, echo=lambda _: None)
+  assert summary["new_examples"] == 0 and summary["new_rationales"] == summary["rationales"] == 4
+  assert cache.verify() == [] and len(cache.read_rationales()) == 4
 
 
 # --- the real release ----------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def test_sharded_index_loads_onto_mesh(saved, tmp_path):
 
 def test_load_errors_name_the_directory(saved, tmp_path):
   _, path = saved
-  with pytest.raises(FileNotFoundError, match="no config.json"):
+  with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
     hf.load(str(tmp_path))
   bad = tmp_path / "bad"
   bad.mkdir()

@@ -355,3 +355,46 @@ def test_rd_is_the_same_on_sharded_meshes():
   proc = subprocess.run([sys.executable, "-c", "from tests.test_select import _meshes_agree; _meshes_agree()"],
                         cwd=REPO, env=train_utils.env(devices=4), capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _select_command(out_dir: str) -> list[str]:
+  """`python -m jaxdistill.select` with _tiny's settings (scored in chunks of 32, so a kill can fall
+  between chunks)."""
+  import sys  # pylint: disable=g-import-not-at-top
+  overrides = {"select.out_dir": out_dir, "data.demo.num_train": 24, "data.demo.num_dev": 8, "data.demo.num_test": 8,
+               "model.vocab_size": 256, "eval.batch_size": 16, "select.accuracy": False, "select.scorer.steps": 4,
+               "select.scorer.batch_size": 4, "select.scorer.score_batch_size": 16,
+               "select.scorer.max_dev_examples": 4, "select.scorer.chunk": 32}
+  return ([sys.executable, "-m", "jaxdistill.select", "--config=configs/morsd.py"]
+          + [f"--config.{k}={v}" for k, v in overrides.items()])
+
+
+def _selection(out_dir: str) -> tuple[list[dict], dict]:
+  """The selected cache's rows (with RD and NLLs) and selection.json's counts and RD summary."""
+  rows = sorted(RationaleCache.open(out_dir).rows(), key=lambda r: (r["example_id"], r["sample_index"]))
+  with open(os.path.join(out_dir, select.REPORT_JSON)) as f:
+    summary = json.load(f)
+  return rows, {k: summary[k] for k in ("counts", "rd", "kept_teacher_correct", "kept_mean_rd")}
+
+
+@pytest.mark.parametrize("kills,seed", [pytest.param(1, 3, id="1-kill"),
+                                        pytest.param(5, 4, id="5-kills", marks=pytest.mark.slow)])
+def test_select_killed_anywhere_then_rerun_writes_the_uninterrupted_selection(tmp_path, kills, seed):
+  """kill -9 at seeded random times over a whole `jaxdistill.select` (readers' training, their saves
+  and export, scoring chunks, the cache swap, the report), each followed by the same command."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  from tests import train_utils  # pylint: disable=g-import-not-at-top
+  reference = str(tmp_path / "reference")
+  start = time.perf_counter()
+  proc = subprocess.run(_select_command(reference), cwd=REPO, env=train_utils.env(), capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  seconds = time.perf_counter() - start
+  killed = str(tmp_path / "killed")
+  what = train_utils.kill_anywhere(_select_command(killed), kills=kills, span=seconds, seed=seed)
+  expected_rows, expected_summary = _selection(reference)
+  rows, summary = _selection(killed)
+  assert summary == expected_summary, what
+  assert rows == expected_rows, what
+  assert not [d for d in os.listdir(killed) if d.startswith(".selection-")]

@@ -18,8 +18,29 @@ def test_dispatcher_rejects_unknown_source():
 
 
 def test_error_policy():
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match=r"config\.data\.on_error='ignore': expected one of \['raise', 'skip'\]"):
     ErrorPolicy("ignore")
+
+
+@pytest.mark.parametrize("source", ["demo", "babi", "jsonl", "dss"])
+def test_unknown_on_error_is_refused_by_every_source(source):
+  with pytest.raises(ValueError, match=r"config\.data\.on_error='ignore'"):
+    load_dataset({"source": source, "on_error": "ignore", "path": str(FIXTURES / "jsonl")})
+
+
+def test_check_utf8_file_names_the_line_across_chunks(tmp_path):
+  from jaxdistill.data.sources import check_utf8_file
+  f = tmp_path / "rows.json"
+  f.write_bytes("caf\u00e9 \u2014 ok\n".encode() * 5 + b"bad \xe9 byte\n")
+  for chunk_size in (1, 2, 3, 7, 1 << 20):  # characters split over chunks are fine
+    with pytest.raises(DataError, match=r"rows\.json:6: invalid UTF-8 \(byte 0xe9\)"):
+      check_utf8_file(str(f), chunk_size)
+  f.write_bytes("caf\u00e9\nok\n".encode() + "\u2014".encode()[:2])  # ends inside a character
+  with pytest.raises(DataError, match=r"rows\.json:3: invalid UTF-8"):
+    check_utf8_file(str(f), 2)
+  f.write_bytes("caf\u00e9 \u2014\n".encode() * 3)
+  for chunk_size in (1, 2, 5):
+    check_utf8_file(str(f), chunk_size)
 
 
 # --- JSONL --------------------------------------------------------------------------------------
@@ -94,6 +115,45 @@ def test_jsonl_missing_train(tmp_path):
     load_dataset(_jsonl_cfg(tmp_path))
 
 
+def test_jsonl_test_key_only_with_test_data(tmp_path):
+  shutil.copy(FIXTURES / "jsonl" / "train.jsonl", tmp_path / "train.jsonl")
+  assert sorted(load_dataset(_jsonl_cfg(tmp_path)).splits) == ["dev", "train"]
+  from jaxdistill.data.sources import jsonl
+  assert sorted(jsonl.load(_jsonl_cfg(tmp_path)).splits) == ["dev", "train"]
+
+
+def test_jsonl_invalid_utf8(tmp_path):
+  good = (FIXTURES / "jsonl" / "train.jsonl").read_bytes().splitlines()
+  bad = b'{"id": "x", "inputs": {"premise": "caf\xe9", "hypothesis": "h"}, "label": "neutral"}'
+  (tmp_path / "train.jsonl").write_bytes(b"\n".join([good[0], bad] + good[1:]) + b"\n")
+  with pytest.raises(DataError, match=r"train\.jsonl:2: invalid UTF-8 \(byte 0xe9\)"):
+    load_dataset(_jsonl_cfg(tmp_path))
+  d = load_dataset(_jsonl_cfg(tmp_path, on_error="skip"))
+  assert d.skipped == {"invalid_utf8": 1}
+  assert [e.id for e in d.splits["train"] + d.splits["dev"]] == ["j1", "esnli-train-2", "j3", "j4"]
+
+
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+def test_jsonl_split_path_that_is_not_a_file(tmp_path, split):
+  shutil.copy(FIXTURES / "jsonl" / "train.jsonl", tmp_path / "train.jsonl")
+  (tmp_path / f"{split}.jsonl").unlink(missing_ok=True)
+  (tmp_path / f"{split}.jsonl").mkdir()
+  with pytest.raises(DataError, match=rf"{split}\.jsonl: exists but is not a regular file"):
+    load_dataset(_jsonl_cfg(tmp_path))
+
+
+@pytest.mark.parametrize("split", ["dev", "test"])
+def test_jsonl_split_file_without_examples(tmp_path, split):
+  shutil.copy(FIXTURES / "jsonl" / "train.jsonl", tmp_path / "train.jsonl")
+  (tmp_path / f"{split}.jsonl").write_text("\n\n")
+  with pytest.raises(DataError, match=rf"{split}\.jsonl has no examples$"):
+    load_dataset(_jsonl_cfg(tmp_path))
+  (tmp_path / f"{split}.jsonl").write_text('{"label": "neutral"}\nnot json\n')
+  with pytest.raises(DataError, match=rf"{split}\.jsonl has no examples \(2 records skipped: "
+                                      r"malformed_json=1, missing_field=1\)"):
+    load_dataset(_jsonl_cfg(tmp_path, on_error="skip"))
+
+
 # --- tfds -----------------------------------------------------------------------------------------
 
 def test_tfds_conversion_from_tensors():
@@ -153,6 +213,28 @@ def test_hf_local_json(hf_cache):
   assert d.splits["dev"][0].id == "esnli-validation-1" and d.splits["dev"][0].split == "dev"
   d = load_dataset(_hf_cfg(FIXTURES / "hf_esnli", max_train_examples=2, dev_size=0))
   assert [len(d.splits[s]) for s in ("train", "dev", "test")] == [2, 2, 1]
+
+
+def test_hf_without_test_split_has_no_test_key(hf_cache, tmp_path):
+  for f in (FIXTURES / "hf_esnli").glob("*.jsonl"):
+    if "test" not in f.name:
+      shutil.copy(f, tmp_path / f.name)
+  d = load_dataset(_hf_cfg(tmp_path))
+  assert sorted(d.splits) == ["dev", "train"]
+
+
+@pytest.mark.parametrize("source,fixture,name", [("hf", "hf_esnli", "esnli_train.jsonl"),
+                                                  ("msmarco", "msmarco", "msmarco_train.jsonl"),
+                                                  ("cotemp", "cotemp", "mix.json")])
+def test_hf_local_files_with_invalid_utf8(hf_cache, tmp_path, source, fixture, name):
+  """Files read by `datasets` are checked first: its own error names neither file nor line."""
+  src = tmp_path / fixture
+  shutil.copytree(FIXTURES / fixture, src)
+  lines = (src / name).read_bytes().splitlines()
+  lines[1] = lines[1].replace(b"e", b"\xe9", 1)
+  (src / name).write_bytes(b"\n".join(lines) + b"\n")
+  with pytest.raises(DataError, match=rf"{name}:2: invalid UTF-8 \(byte 0xe9\)"):
+    load_dataset({"source": source, "path": str(src), "dev_size": 1, "test_size": 1, "on_error": "skip"})
 
 
 def test_hf_local_parquet_and_bad_rows(hf_cache, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -23,12 +24,13 @@ from tests import train_utils as tu
 def reference_run(tmp_path_factory):
   """One uninterrupted tiny hybrid run, shared by the tests that compare against it."""
   workdir = str(tmp_path_factory.mktemp("reference"))
+  start = time.perf_counter()
   proc = tu.run_main(workdir)
-  return workdir, proc
+  return workdir, proc, time.perf_counter() - start
 
 
 def test_run_writes_checkpoints_events_and_metrics(reference_run):
-  workdir, proc = reference_run
+  workdir, proc, _ = reference_run
   metrics = json.load(open(os.path.join(workdir, "metrics.json")))
   assert metrics["setting"] == "hybrid"
   assert metrics["steps"] == tu.TINY_OVERRIDES["train.steps"]
@@ -54,26 +56,62 @@ def _wait_for_checkpoint(workdir: str, step: int, proc: subprocess.Popen, timeou
     time.sleep(0.2)
 
 
-def test_kill9_then_resume_matches_uninterrupted(reference_run, tmp_path):
-  reference_dir, _ = reference_run
+@pytest.mark.parametrize("kills,seed", [
+    pytest.param(2, 0, id="2-kills"),
+    pytest.param(8, 1, id="8-kills", marks=pytest.mark.slow),
+])
+def test_killed_anywhere_then_rerun_ends_as_the_uninterrupted_run(reference_run, tmp_path, kills, seed):
+  """kill -9 at seeded random times over the whole run (start-up, steps, dev evaluations, the async
+  checkpoint and best-model saves, test evaluation, export, metrics.json), each followed by the same
+  command: the parameters, the best model, the export and metrics.json are the uninterrupted run's."""
+  reference_dir, _, seconds = reference_run
   workdir = str(tmp_path / "killed")
-  proc = subprocess.Popen(tu.main_command(workdir), cwd=tu.REPO, env=tu.env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  _wait_for_checkpoint(workdir, 12, proc)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+  what = tu.kill_anywhere(tu.main_command(workdir), kills=kills, span=seconds, seed=seed)
+  print(what)
+  tu.assert_same_run(reference_dir, workdir)
 
-  resumed = tu.run_main(workdir)
-  assert "Resumed from step" in resumed.stderr
-  expected, actual = tu.read_final_params(reference_dir), tu.read_final_params(workdir)
-  assert expected.keys() == actual.keys()
-  for key in expected:
-    np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=1e-6, err_msg=key)
-  reference_metrics = json.load(open(os.path.join(reference_dir, "metrics.json")))
-  resumed_metrics = json.load(open(os.path.join(workdir, "metrics.json")))
-  assert resumed_metrics["dev_accuracy"] == reference_metrics["dev_accuracy"]
-  assert resumed_metrics["test_accuracy"] == reference_metrics["test_accuracy"]
+
+def test_rerun_after_a_kill_between_best_save_and_checkpoint_commit(reference_run, tmp_path):
+  """The window that made runs unresumable: best/12 is written, checkpoint 12 is not (its save was
+  in flight). The rerun resumes from step 6, evaluates step 12 again and must replace best/12 (it
+  died with Orbax's StepAlreadyExistsError), then end as the uninterrupted run."""
+  reference_dir, _, _ = reference_run
+  workdir = str(tmp_path / "window")
+  tu.run_main(workdir, train__keep_checkpoints=10)
+  checkpoints = os.path.join(workdir, "checkpoints")
+  for step in os.listdir(checkpoints):
+    if step.isdigit() and int(step) > 6:
+      shutil.rmtree(os.path.join(checkpoints, step))
+  os.makedirs(os.path.join(checkpoints, "12.orbax-checkpoint-tmp-1754", "state"))  # the save in flight
+  for leftover in ("metrics.json", "hf"):
+    shutil.rmtree(os.path.join(workdir, leftover), ignore_errors=True)
+    if os.path.isfile(os.path.join(workdir, leftover)):
+      os.remove(os.path.join(workdir, leftover))
+  assert os.path.isdir(os.path.join(workdir, "best", "12"))
+
+  resumed = tu.run_main(workdir, train__keep_checkpoints=10)
+  assert "Resumed from step 6" in resumed.stderr
+  assert not any("orbax-checkpoint-tmp" in d for d in os.listdir(checkpoints))
+  tu.assert_same_run(reference_dir, workdir)
+
+
+def test_a_workdir_refuses_another_config_in_one_line(reference_run):
+  """A finished demo run rerun on e-SNLI with another vocabulary used to "resume", evaluate the demo
+  model on e-SNLI and overwrite metrics.json."""
+  reference_dir, _, _ = reference_run
+  metrics = open(os.path.join(reference_dir, "metrics.json")).read()
+  data = os.path.join(os.path.dirname(tu.REPO), "shared", "data", "dss", "esnli")
+  proc = subprocess.run(tu.main_command(reference_dir, data__source="dss", data__task="esnli", data__path=data,
+                                        model__vocab_size=300),
+                        cwd=tu.REPO, env=tu.env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {reference_dir} was made with another config or data:"), last
+  for key in ("data.source ('demo' -> 'dss')", "data.task ('demo' -> 'esnli')", "model.vocab_size (256 -> 300)",
+              "data.content_sha256"):
+    assert key in last
+  assert "Traceback" not in proc.stderr
+  assert open(os.path.join(reference_dir, "metrics.json")).read() == metrics
 
 
 def test_sigterm_saves_then_exits_and_resumes(tmp_path):
@@ -91,7 +129,7 @@ def test_sigterm_saves_then_exits_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_2x4_meshes_match_single_device_loss_curve(reference_run, tmp_path):
-  reference_dir, _ = reference_run
+  reference_dir, _, _ = reference_run
   reference = tu.read_scalars(reference_dir, "train/loss")
   for axes in ({"mesh.data": 2, "mesh.tensor": 4, "mesh.fsdp": 1},
                {"mesh.data": 2, "mesh.fsdp": 4, "mesh.tensor": 1}):

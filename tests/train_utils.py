@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -92,3 +93,52 @@ def read_final_params(workdir: str) -> dict[str, np.ndarray]:
   import jax  # pylint: disable=g-import-not-at-top
   flat = jax.tree_util.tree_flatten_with_path(restored)[0]
   return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
+
+
+def kill_anywhere(command: list[str], *, kills: int, span: float, seed: int, devices: int = 1) -> list[str]:
+  """Starts `command` `kills` times and `kill -9`s each start after a seeded random time in [0, span)
+  (span: an uninterrupted run's wall time, so the kills fall anywhere: start-up, steps, evaluations,
+  saves, the best-model save, export, metrics); then runs it to the end. Returns what each start did."""
+  import random  # pylint: disable=g-import-not-at-top
+  rng = random.Random(seed)
+  what = []
+  for _ in range(kills):
+    delay = rng.uniform(0.0, span)
+    proc = subprocess.Popen(command, cwd=REPO, env=env(devices), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+      _, stderr = proc.communicate(timeout=delay)
+      assert proc.returncode == 0, f"a run between kills failed:\n{stderr[-4000:]}"
+      what.append(f"finished before {delay:.1f}s")
+    except subprocess.TimeoutExpired:
+      proc.kill()  # SIGKILL: no handler runs, nothing is flushed
+      proc.communicate()
+      what.append(f"killed at {delay:.1f}s")
+  final = subprocess.run(command, cwd=REPO, env=env(devices), capture_output=True, text=True, timeout=900)
+  assert final.returncode == 0, f"the run after the kills failed ({what}):\n{final.stderr[-6000:]}"
+  return what
+
+
+def read_best_params(workdir: str) -> dict[str, np.ndarray]:
+  """The best-on-dev parameters (the newest step of WORKDIR/best), as flat numpy arrays."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  directory = os.path.join(workdir, "best")
+  step = max(int(d) for d in os.listdir(directory) if d.isdigit())
+  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "params"))
+  flat = jax.tree_util.tree_flatten_with_path(restored)[0]
+  return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in flat}
+
+
+def assert_same_run(reference: str, workdir: str) -> None:
+  """Bit-identical final and best parameters and exported weights, and identical metrics.json."""
+  for read in (read_final_params, read_best_params):
+    expected, actual = read(reference), read(workdir)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+      np.testing.assert_array_equal(actual[key], expected[key], err_msg=f"{read.__name__} {key}")
+  with open(os.path.join(reference, "metrics.json")) as f, open(os.path.join(workdir, "metrics.json")) as g:
+    assert json.load(g) == json.load(f)
+  with open(os.path.join(reference, "hf", "model.safetensors"), "rb") as f, \
+       open(os.path.join(workdir, "hf", "model.safetensors"), "rb") as g:
+    assert f.read() == g.read(), "exported weights differ"

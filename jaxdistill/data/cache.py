@@ -16,7 +16,7 @@ Why this shape:
   data_files=".../rationales/*.parquet")` read them with no jaxdistill code.
 - Every write call adds one new shard, written to a hidden temp file in the same
   directory, fsync'ed and `os.replace`d: a reader never sees half a shard, and a crash
-  leaves at most an ignorable temp file.
+  leaves at most a temp file, which the next writer removes (`_is_stale_temp`).
 - Writers hold an exclusive `flock` on `.lock` while they check which keys exist and
   add their shard, so several processes (or hosts on a filesystem with working flock)
   writing at once never duplicate a key. Rationales are keyed by
@@ -26,6 +26,12 @@ Why this shape:
   tools. Readers list the shards (sorted by name; names start with a nanosecond
   timestamp, so this is write order) and dedupe by key keeping the first, which also
   covers filesystems where flock is a no-op.
+- The manifest also records every shard and its row count, so data that went missing is
+  noticed: `open()` (every reader) refuses a cache whose listed shards are missing or
+  changed or whose counts differ from the shards (`verify()` lists these problems;
+  `python -m jaxdistill.cache verify --out=DIR --repair` accepts the shards as they are).
+  A shard on disk but not listed (a writer died between its shard and the manifest
+  update) is data that is there: read, with a warning; the next writer records it.
 - `inputs` is a JSON string because tasks have different input fields; a struct
   column would need one schema for all tasks.
 """
@@ -33,21 +39,23 @@ Why this shape:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import glob
 import json
+import logging
 import math
 import os
-import socket
+import re
 import time
-import uuid
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jaxdistill.data.examples import Example, Rationale
+from jaxdistill import files
+from jaxdistill.data.examples import DataError, Example, Rationale
 
 SCHEMA_VERSION = 1
 FORMAT = "jaxdistill.rationale_cache"
@@ -82,36 +90,42 @@ RATIONALE_SCHEMA = pa.schema([
 ])
 EMBEDDING_TYPE = pa.list_(pa.float32())
 
+# A temp file older than this is left over whoever wrote it: writing one shard takes seconds.
+STALE_TEMP_SECONDS = 6 * 3600
+# Temp names carry their writer: ".tmp-part-<ns>-<host>-<pid>-<rand>.parquet.tmp" (shards),
+# ".manifest.json.<host>-<pid>-<rand>.tmp" (the manifest).
+_TEMP_NAME = re.compile(r"^\.(?:tmp-part-\d+-|manifest\.json\.)(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}"
+                        r"(?:\.parquet)?\.tmp$")
+_TEMP_GLOBS = (os.path.join(EXAMPLES, ".tmp-*.tmp"), os.path.join(RATIONALES, ".tmp-*.tmp"), f".{MANIFEST}.*.tmp")
+
 
 def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _fsync_dir(path: str) -> None:
+def _pid_alive(pid: int) -> bool:
   try:
-    fd = os.open(path, os.O_RDONLY)
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
   except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
+    return True  # e.g. another user's process: alive
+  return True
 
 
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+def _is_stale_temp(path: str, now: float) -> bool:
+  """True for a temp file no writer is still writing: one older than STALE_TEMP_SECONDS, or one
+  named by a process of this host that is gone. Only asked under the writer lock, which every
+  writer on this host holds while its temp files exist; the name and age rules also spare the
+  files of a live writer on another host where flock is a no-op."""
   try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  _fsync_dir(os.path.dirname(path))
+    age = now - os.path.getmtime(path)
+  except FileNotFoundError:
+    return False
+  if age > STALE_TEMP_SECONDS:
+    return True
+  m = _TEMP_NAME.match(os.path.basename(path))
+  return bool(m) and m.group("host") == files.host() and not _pid_alive(int(m.group("pid")))
 
 
 def _deep_merge(base: Mapping, update: Mapping) -> dict:
@@ -126,8 +140,26 @@ def _deep_merge(base: Mapping, update: Mapping) -> dict:
 
 def _shard_name() -> str:
   """Unique and sortable in write order: time, host, pid, random."""
-  host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:40] or "host"
-  return f"part-{time.time_ns():020d}-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+  return f"part-{time.time_ns():020d}-{files.writer_tag()}.parquet"
+
+
+def _read_keys(path: str, kind: str) -> set[tuple]:
+  cols = list(KEY_COLUMNS[kind])
+  t = pq.read_table(path, columns=cols)
+  return set(zip(*(t.column(c).to_pylist() for c in cols)))
+
+
+def repair_hint(path: str) -> str:
+  return (f"accept the shards as they are with `python -m jaxdistill.cache verify --out={path} --repair`, "
+          "or rebuild the cache (re-import)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """A difference between manifest.json and the shards. `data_lost`: rows the manifest records are
+  missing or changed (readers refuse the cache); else extra rows on disk (read, with a warning)."""
+  text: str
+  data_lost: bool = True
 
 
 def _example_row(ex: Example | Mapping) -> dict:
@@ -220,17 +252,33 @@ class RationaleCache:
 
   @classmethod
   def open(cls, path: str) -> "RationaleCache":
-    if not cls.exists(path):
-      raise FileNotFoundError(f"{path}: no rationale cache here ({MANIFEST} missing)")
+    """An existing cache, checked against its manifest (see `verify`): DataError when rows the
+    manifest records are missing or changed, a logged warning for unlisted shards."""
     cache = cls(path)
-    version = cache.manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-      raise ValueError(f"{path}/{MANIFEST}: schema_version={version!r}, this code reads {SCHEMA_VERSION}")
+    if not cls.exists(path):
+      if cache.has_shards():
+        raise DataError(f"{cache.path}: shards but no {MANIFEST}; {repair_hint(cache.path)}")
+      raise FileNotFoundError(f"{path}: no rationale cache here ({MANIFEST} missing)")
+    with cache._shared_lock():
+      version = cache.manifest.get("schema_version")
+      if version != SCHEMA_VERSION:
+        raise ValueError(f"{path}/{MANIFEST}: schema_version={version!r}, this code reads {SCHEMA_VERSION}")
+      problems, _ = cache._inspect()
+    lost = [p.text for p in problems if p.data_lost]
+    if lost:
+      raise DataError(f"{cache.path}: the shards do not match {MANIFEST} (data lost or changed): "
+                      f"{'; '.join(lost)}; {repair_hint(cache.path)}")
+    for p in problems:
+      logging.warning("%s: %s; reading it (`python -m jaxdistill.cache verify --out=%s --repair` records it)",
+                      cache.path, p.text, cache.path)
     return cache
 
   @staticmethod
   def exists(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MANIFEST))
+
+  def has_shards(self) -> bool:
+    return any(self.shard_files(kind) for kind in KINDS)
 
   def _ensure_created(self) -> None:
     for kind in KINDS:
@@ -238,7 +286,9 @@ class RationaleCache:
     if not self.exists(self.path):
       with self._locked():
         if not self.exists(self.path):
-          self._write_manifest(self._empty_manifest())
+          if self.has_shards():  # the manifest was lost: summarise the shards, never record an empty cache
+            logging.warning("%s: shards but no %s; rebuilding it from the shards", self.path, MANIFEST)
+          self._write_manifest(self._rebuild_manifest())
 
   def _empty_manifest(self) -> dict:
     now = _now()
@@ -254,23 +304,55 @@ class RationaleCache:
 
   @contextlib.contextmanager
   def _locked(self) -> Iterator[None]:
+    """The writers' exclusive lock; taking it also clears what killed writers left."""
     os.makedirs(self.path, exist_ok=True)
     with open(os.path.join(self.path, LOCK), "a+") as f:
       fcntl.flock(f.fileno(), fcntl.LOCK_EX)
       try:
+        self._remove_stale_temps()
         yield
       finally:
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+  @contextlib.contextmanager
+  def _shared_lock(self) -> Iterator[None]:
+    """Readers comparing manifest and shards: no writer is between a shard and its manifest update
+    (or inside compact()) while this is held. Never taken inside `_locked` (flock would deadlock)."""
+    with contextlib.ExitStack() as stack:
+      try:
+        f = stack.enter_context(open(os.path.join(self.path, LOCK), "rb"))
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # released when f closes
+      except OSError:
+        pass  # no lock file (never written, or read-only storage) or no flock there: check unlocked
+      yield
+
+  def _remove_stale_temps(self) -> None:
+    now = time.time()
+    for pattern in _TEMP_GLOBS:
+      for f in glob.glob(os.path.join(self.path, pattern)):
+        if _is_stale_temp(f, now):
+          logging.warning("%s: removing %s, left by a writer that stopped", self.path, os.path.relpath(f, self.path))
+          with contextlib.suppress(FileNotFoundError):
+            os.remove(f)
+
   @property
   def manifest(self) -> dict:
-    """The manifest as on disk now (a summary; shards are the source of truth)."""
-    with open(os.path.join(self.path, MANIFEST)) as f:
-      return json.load(f)
+    """The manifest as on disk now (a summary; shards are the source of truth); DataError when
+    it is not a JSON object."""
+    path = os.path.join(self.path, MANIFEST)
+    with open(path, "rb") as f:
+      data = f.read()
+    try:
+      m = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise DataError(f"{path}: unreadable manifest ({e}); {repair_hint(self.path)}") from None
+    if not isinstance(m, dict):
+      raise DataError(f"{path}: expected a JSON object, got {type(m).__name__}; {repair_hint(self.path)}")
+    return m
 
   def _write_manifest(self, manifest: dict) -> None:
     data = json.dumps(manifest, indent=2, sort_keys=False, ensure_ascii=False).encode()
-    _atomic_write_bytes(os.path.join(self.path, MANIFEST), data)
+    files.atomic_write_bytes(os.path.join(self.path, MANIFEST), data)
 
   def update_source(self, info: Mapping[str, Any]) -> None:
     """Deep-merges free-form provenance info into manifest["source"] (under the lock)."""
@@ -294,13 +376,11 @@ class RationaleCache:
     return self.shard_files(kind)
 
   def _refresh_keys(self, kind: str) -> set[tuple]:
-    cols = list(KEY_COLUMNS[kind])
     for f in self.shard_files(kind):
       name = os.path.basename(f)
       if name in self._seen_shards[kind]:
         continue
-      t = pq.read_table(f, columns=cols)
-      self._keys[kind].update(zip(*(t.column(c).to_pylist() for c in cols)))
+      self._keys[kind].update(_read_keys(f, kind))
       self._seen_shards[kind].add(name)
     return self._keys[kind]
 
@@ -311,18 +391,9 @@ class RationaleCache:
   def _write_shard(self, kind: str, table: pa.Table) -> str:
     directory = os.path.join(self.path, kind)
     name = _shard_name()
-    tmp = os.path.join(directory, f".tmp-{name}.tmp")
     final = os.path.join(directory, name)
-    try:
-      with open(tmp, "wb") as f:
-        pq.write_table(table, f)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(tmp, final)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
-    _fsync_dir(directory)
+    with files.atomic_open(final, tmp=os.path.join(directory, f".tmp-{name}.tmp")) as f:
+      pq.write_table(table, f)
     return final
 
   def _write_rows(self, kind: str, rows: list[dict]) -> int:
@@ -353,11 +424,16 @@ class RationaleCache:
   def _record_shard(self, kind: str, path: str, rows: list[dict]) -> None:
     """Updates the manifest summary for one new shard (called under the lock)."""
     m = self.manifest
-    listed = {s["file"] for s in m.get("shards", [])}
+    listed = {s.get("file") for s in m.get("shards", [])}
     rel = os.path.relpath(path, self.path)
     on_disk = {os.path.relpath(f, self.path) for k in KINDS for f in self.shard_files(k)}
-    if not (on_disk - {rel}) <= listed:
-      # A writer died between its shard and its manifest update: rebuild from shards.
+    if on_disk - {rel} != listed:
+      # A writer died between its shard and its manifest update, or listed shards were lost (this
+      # write may be the re-import adding their rows back): the manifest summarises the shards.
+      missing = sorted(listed - on_disk)
+      if missing:
+        logging.warning("%s: %s listed in %s but missing; rebuilding it from the shards on disk",
+                        self.path, ", ".join(map(str, missing)), MANIFEST)
       self._write_manifest(self._rebuild_manifest(m))
       return
     m.setdefault("shards", []).append({"kind": kind, "file": rel, "rows": len(rows), "created": _now()})
@@ -411,12 +487,76 @@ class RationaleCache:
     return m
 
   def rebuild_manifest(self) -> dict:
-    """Recomputes the manifest from the shards (e.g. after a writer crashed)."""
-    self._ensure_created()
+    """Recomputes the manifest from the shards as they are (e.g. after a writer crashed), keeping
+    `created` and the provenance in `source`. An unreadable manifest is kept beside it as
+    manifest.json.unreadable-<ns> (its provenance may still be read by eye)."""
+    for kind in KINDS:
+      os.makedirs(os.path.join(self.path, kind), exist_ok=True)
     with self._locked():
-      m = self._rebuild_manifest(self.manifest)
+      m = self._rebuild_manifest(self._old_manifest())
       self._write_manifest(m)
     return m
+
+  def _old_manifest(self) -> dict | None:
+    """The manifest if readable; None when missing or unreadable (then moved aside)."""
+    try:
+      return self.manifest
+    except FileNotFoundError:
+      return None
+    except DataError as e:
+      kept = os.path.join(self.path, f"{MANIFEST}.unreadable-{time.time_ns()}")
+      os.replace(os.path.join(self.path, MANIFEST), kept)
+      logging.warning("%s; moved to %s", e, kept)
+      return None
+
+  # --- integrity ------------------------------------------------------------------------
+
+  def verify(self) -> list[str]:
+    """Human-readable differences between manifest.json and the shards; empty when they match.
+
+    Finds shards listed but missing, shards on disk but not listed, shards whose row count
+    differs from their manifest entry, and manifest counts that differ from the deduplicated
+    rows of the listed shards. Row counts come from the Parquet footers; counts read the key
+    columns only."""
+    with self._shared_lock():
+      return [p.text for p in self._inspect()[0]]
+
+  def _inspect(self) -> tuple[list[Problem], dict[str, int]]:
+    """(`verify`'s problems, the deduplicated rows of each kind in all readable shards). The
+    manifest is read before the shards are listed; callers hold a lock."""
+    try:
+      m, problems = self.manifest, []
+    except FileNotFoundError:
+      m, problems = None, [Problem(f"{MANIFEST} is missing")]
+    except DataError as e:
+      m, problems = None, [Problem(str(e))]
+    listed = {s.get("file"): s for s in (m or {}).get("shards") or [] if isinstance(s, dict)}
+    on_disk = {os.path.relpath(f, self.path): f for kind in KINDS for f in self.shard_files(kind)}
+    keys = {kind: set() for kind in KINDS}
+    listed_keys = {kind: set() for kind in KINDS}
+    for rel, f in sorted(on_disk.items()):
+      kind = os.path.dirname(rel)
+      try:
+        rows, shard_keys = pq.ParquetFile(f).metadata.num_rows, _read_keys(f, kind)
+      except (OSError, pa.ArrowException) as e:
+        problems.append(Problem(f"{rel}: unreadable Parquet ({e})"))
+        continue
+      keys[kind] |= shard_keys
+      if rel in listed:
+        listed_keys[kind] |= shard_keys
+        if listed[rel].get("rows") is not None and rows != listed[rel]["rows"]:
+          problems.append(Problem(f"{rel}: {rows} rows, {MANIFEST} lists {listed[rel]['rows']}"))
+      elif m is not None:
+        problems.append(Problem(f"{rel}: on disk ({rows} rows) but not listed in {MANIFEST} (its writer "
+                                "stopped before recording it)", data_lost=False))
+    if m is not None:
+      problems += [Problem(f"{rel}: listed in {MANIFEST} ({listed[rel].get('rows')} rows) but missing on disk")
+                   for rel in sorted(set(listed) - set(on_disk), key=str)]
+      counts = m.get("counts") or {}
+      problems += [Problem(f"{MANIFEST} counts {counts.get(kind, 0)} {kind} but the shards it lists hold "
+                           f"{len(listed_keys[kind])} (deduplicated)")
+                   for kind in KINDS if counts.get(kind, 0) != len(listed_keys[kind])]
+    return problems, {kind: len(keys[kind]) for kind in KINDS}
 
   # --- writing --------------------------------------------------------------------------
 
@@ -516,15 +656,23 @@ class RationaleCache:
         self._write_shard(kind, table)
         for f in old:
           os.remove(f)
-        _fsync_dir(os.path.join(self.path, kind))
+        files.fsync_dir(os.path.join(self.path, kind))
         self._seen_shards[kind] = set()
         self._keys[kind] = set()
       self._write_manifest(self._rebuild_manifest(self.manifest))
 
   def summary(self) -> dict:
-    m = self.manifest
+    """The manifest's summary beside what the shards hold, and `verify`'s problems."""
+    with self._shared_lock():
+      problems, on_disk = self._inspect()
+      try:
+        m = self.manifest
+      except (FileNotFoundError, DataError):
+        m = {}
+      on_disk["shards"] = sum(len(self.shard_files(kind)) for kind in KINDS)
     return {"path": self.path, "counts": m.get("counts", {}), "teachers": m.get("teachers", []),
-            "prompt_ids": m.get("prompt_ids", []), "shards": len(m.get("shards", []))}
+            "prompt_ids": m.get("prompt_ids", []), "shards": len(m.get("shards", [])),
+            "on_disk": on_disk, "problems": [p.text for p in problems]}
 
 
 def mean_words(texts: Iterable[str]) -> float:

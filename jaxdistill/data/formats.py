@@ -176,6 +176,38 @@ def _uniform(rng: Any) -> float:
   raise TypeError(f"objective.mix='sample' needs an rng (np.random.Generator or random.Random), got {rng!r}")
 
 
+def rationale_sources(ex: Example, rationales: Sequence[Rationale], objective_config: Any
+                      ) -> list[tuple[str, list[str], float]]:
+  """(kind, texts, relative weight) of every rationale source the objective trains on
+  ("human" explanations, "teacher" rationales), texts empty where `ex` has none of that kind."""
+  name = cfg_get(objective_config, "name", "baseline")
+  hybrid = name == "hybrid"
+  out = []
+  if name in ("human", "hybrid"):
+    w = float(cfg_get(objective_config, "human_weight", 1.0)) if hybrid else 1.0
+    if w > 0:
+      out.append(("human", [h for h in ex.human_explanations if h and h.strip()], w))
+  if name in ("cot", "hybrid"):
+    w = float(cfg_get(objective_config, "teacher_weight", 1.0)) if hybrid else 1.0
+    if w > 0:
+      selected = select_teacher(rationales, cfg_get(objective_config, "rationales", "all"))
+      out.append(("teacher", [r.rationale for r in selected if r.rationale and r.rationale.strip()], w))
+  return out
+
+
+def rationale_coverage(examples: Sequence[Example], rationales: Mapping[str, Sequence[Rationale]],
+                       objective_config: Any) -> dict[str, float]:
+  """Per rationale kind the objective trains on, the fraction of `examples` that have one."""
+  have: collections.Counter[str] = collections.Counter()
+  kinds: list[str] = []
+  for ex in examples:
+    for kind, texts, _ in rationale_sources(ex, rationales.get(ex.id, ()), objective_config):
+      if kind not in kinds:
+        kinds.append(kind)
+      have[kind] += bool(texts)
+  return {kind: have[kind] / len(examples) for kind in kinds}
+
+
 def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_config: Any,
                         labels: Sequence[str] | None, rng: Any = None) -> list[Seq2SeqRecord]:
   """The records `ex` yields under `objective_config` (config.objective).
@@ -201,19 +233,7 @@ def records_for_example(ex: Example, rationales: Sequence[Rationale], objective_
   target = ex.label if label_source == "gold" else teacher_label(ex, rationales, labels)
   out = [label_record(ex, labels, target)] if fmt == "multitask" else []
 
-  # Sources of rationale text with their relative weights.
-  sources: list[tuple[list[str], float]] = []
-  if name in ("human", "hybrid"):
-    human = [h for h in ex.human_explanations if h and h.strip()]
-    w = float(cfg_get(objective_config, "human_weight", 1.0)) if name == "hybrid" else 1.0
-    if human and w > 0:
-      sources.append((human, w))
-  if name in ("cot", "hybrid"):
-    teacher = [r.rationale for r in select_teacher(rationales, cfg_get(objective_config, "rationales", "all"))
-               if r.rationale and r.rationale.strip()]
-    w = float(cfg_get(objective_config, "teacher_weight", 1.0)) if name == "hybrid" else 1.0
-    if teacher and w > 0:
-      sources.append((teacher, w))
+  sources = [(texts, w) for _, texts, w in rationale_sources(ex, rationales, objective_config) if texts]
   if not sources:
     return out or [combined_record(ex, target, None, fmt, 1.0, labels)]
 

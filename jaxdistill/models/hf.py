@@ -81,10 +81,19 @@ def family_of(model: nnx.Module) -> types.ModuleType:
   return sys.modules[type(model).__module__]
 
 
-def read_config(path: str) -> dict[str, Any]:
+def require_config(path: str) -> str:
+  """`path`/config.json; FileNotFoundError naming the directory when there is none (a model
+  directory must hold it: it decides the family and shape, and the tokenizer lives beside it)."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no such directory")
   file = os.path.join(path, CONFIG)
   if not os.path.isfile(file):
-    raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no {CONFIG})")
+    raise FileNotFoundError(f"{file} is missing: {path} is not a Hugging Face model directory")
+  return file
+
+
+def read_config(path: str) -> dict[str, Any]:
+  file = require_config(path)
   with open(file) as f:
     try:
       return json.load(f)

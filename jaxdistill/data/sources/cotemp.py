@@ -31,7 +31,8 @@ from typing import Any, Mapping, Sequence
 
 from jaxdistill import traces
 from jaxdistill.data.examples import DataError, Example
-from jaxdistill.data.sources import Dataset, ErrorPolicy, bad_record, cfg_get, merge_skipped, relabel_split
+from jaxdistill.data.sources import (Dataset, ErrorPolicy, bad_record, cfg_get, check_utf8_file, merge_skipped,
+                                     relabel_split)
 
 TASK = "cotemp"
 DEFAULT_NAME = "Warrieryes/CotempQA"
@@ -109,6 +110,8 @@ def _scenario_files(path: str) -> tuple[str, dict[str, list[str]]]:
     found = [s for s in SCENARIOS if s in words]
     if len(found) != 1:
       raise DataError(f"{f}: can't tell its scenario from the name (want one of {list(SCENARIOS)})")
+    if BUILDERS[ext] == "json":
+      check_utf8_file(f)  # `datasets`' own error names neither file nor line
     by_builder.setdefault(BUILDERS[ext], {}).setdefault(found[0], []).append(f)
   if not by_builder:
     raise FileNotFoundError(f"{path}: no *.json, *.jsonl or *.parquet files")

@@ -36,8 +36,9 @@ import re
 from typing import Any, Mapping, Sequence
 
 from jaxdistill.data.examples import DataError, Example, LABEL_SETS, Rationale
-from jaxdistill.data.sources import (Dataset, ErrorPolicy, bad_record, cap_train, cfg_get,
-                                     group_rationales, merge_skipped, relabel_split, split_off_dev)
+from jaxdistill.data.sources import (Dataset, ErrorPolicy, bad_record, cap_train, cfg_get, decode_utf8,
+                                     group_rationales, merge_skipped, relabel_split, require_examples,
+                                     split_off_dev)
 
 TEACHER = "palm-540b"
 PROMPT_ID = "dss-cot"
@@ -184,12 +185,10 @@ def _str_field(rec: Mapping, name: str, where: str, *, allow_empty: bool = False
 
 def nli_label(value: Any, task: str, where: str) -> str:
   """0/1/2 (or "0"/"1"/"2", or the label word) -> entailment/neutral/contradiction."""
-  if isinstance(value, bool):
-    value = None
   if isinstance(value, str) and value.strip().lower() in NLI_LABELS:
     return value.strip().lower()
-  try:
-    i = int(value) if isinstance(value, (int, str)) else None
+  try:  # a JSON true/false is no label, though Python's bool is an int
+    i = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
   except ValueError:
     i = None
   if i is None or not 0 <= i < len(NLI_LABELS):
@@ -332,23 +331,26 @@ def read_records(path: str, policy: ErrorPolicy) -> list[tuple[str, Any]]:
   aligns with completion i.
   """
   name = os.path.basename(path)
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
-  if text.lstrip().startswith("["):  # a JSON list instead of JSON lines
+  with open(path, "rb") as f:
+    data = f.read()
+  if data.lstrip().startswith(b"["):  # a JSON list instead of JSON lines
     try:
-      items = json.loads(text)
+      items = json.loads(decode_utf8(data, name))
     except json.JSONDecodeError as e:
       raise bad_record("malformed_json", f"{name}:{e.lineno}: malformed JSON ({e.msg})") from None
     return [(f"{name}: record {i + 1}", rec) for i, rec in enumerate(items)]
   out = []
-  for lineno, line in enumerate(text.splitlines(), start=1):
-    if not line.strip():
+  for lineno, raw in enumerate(data.splitlines(), start=1):
+    if not raw.strip():
       continue
     where = f"{name}:{lineno}"
     try:
-      out.append((where, json.loads(line)))
+      out.append((where, json.loads(decode_utf8(raw, name, lineno))))
     except json.JSONDecodeError as e:
       policy.handle(bad_record("malformed_json", f"{where}: malformed JSON ({e.msg} at column {e.colno})"))
+      out.append((where, None))
+    except DataError as e:  # not UTF-8
+      policy.handle(e)
       out.append((where, None))
   return out
 
@@ -358,9 +360,10 @@ def read_completions(files: Sequence[str]) -> list[tuple[str, Any]]:
   out = []
   for f in files:
     name = os.path.basename(f)
+    with open(f, "rb") as fh:
+      data = fh.read()
     try:
-      with open(f, encoding="utf-8") as fh:
-        items = json.load(fh)
+      items = json.loads(decode_utf8(data, name))
     except json.JSONDecodeError as e:
       raise bad_record("bad_cot_file", f"{name}:{e.lineno}: malformed JSON ({e.msg})") from None
     if not isinstance(items, list):
@@ -450,6 +453,7 @@ def read_split(src_dir: str, task: str, split: str, on_error: str = "raise"
     rationales.append(Rationale(example_id=ex.id, teacher=TEACHER, prompt_id=PROMPT_ID, sample_index=0,
                                 rationale=p.rationale, teacher_answer=p.teacher_answer,
                                 teacher_correct=p.teacher_correct, raw=completion))
+  require_examples(examples, path, len(records), policy.as_dict())
   return examples, rationales, policy.as_dict()
 
 
@@ -461,9 +465,10 @@ def assemble(task: str, by_split: Mapping[str, list[Example]], dev_size: int, ma
 
   No train split (e-SNLI as shipped here): train = valid minus its last dev_size, dev =
   those. A train split: train = train; dev = the last dev_size of valid if there is one,
-  else the last dev_size of train. test = test. A cache whose examples already carry the
-  assembled names (a "dev" split, e.g. a MoRSD selection written by jaxdistill.select) is used
-  as written: released splits are never called "dev", and re-splitting would move examples.
+  else the last dev_size of train. test = test, a key only when there is a test split (a cache
+  may hold none). A cache whose examples already carry the assembled names (a "dev" split, e.g. a
+  MoRSD selection written by jaxdistill.select) is used as written: released splits are never
+  called "dev", and re-splitting would move examples.
   """
   if "dev" in by_split:
     train, dev = list(by_split.get("train", [])), list(by_split["dev"])
@@ -478,11 +483,11 @@ def assemble(task: str, by_split: Mapping[str, list[Example]], dev_size: int, ma
     train, dev = split_off_dev(by_split["valid"], dev_size, f"{where} ({task} valid)")
   else:
     raise DataError(f"{where}: {task} has neither a train nor a valid split (found: {sorted(by_split)})")
-  return {
-      "train": relabel_split(cap_train(train, max_train_examples), "train"),
-      "dev": relabel_split(dev, "dev"),
-      "test": relabel_split(by_split.get("test", []), "test"),
-  }
+  splits = {"train": relabel_split(cap_train(train, max_train_examples), "train"),
+            "dev": relabel_split(dev, "dev")}
+  if by_split.get("test"):
+    splits["test"] = relabel_split(by_split["test"], "test")
+  return splits
 
 
 def _wanted(splits: Sequence[str]) -> list[str]:
@@ -490,7 +495,8 @@ def _wanted(splits: Sequence[str]) -> list[str]:
 
 
 def load(config_data) -> Dataset:
-  """config.data (source="dss") -> Dataset; reads an imported cache when cache_dir has one."""
+  """config.data (source="dss") -> Dataset; reads an imported cache when cache_dir has one.
+  splits["test"] exists only when the release (or the cache) has a test split."""
   task = cfg_get(config_data, "task", "esnli")
   if task not in TASKS:
     raise ValueError(f"config.data.task={task!r}: the dss source has tasks {TASKS}")

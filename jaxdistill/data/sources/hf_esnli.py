@@ -7,8 +7,9 @@
     dev / test);
   - anything else -> a hub name.
 Splits train/validation/test -> train/dev/test, dev = the last `dev_size` validation rows
-(as in the tfds and DSS sources). Labels may be 0/1/2 or the label words. Teacher
-rationales come from `config.data.cache_dir` when set.
+(as in the tfds and DSS sources); without a test split Dataset.splits has no "test" key.
+Labels may be 0/1/2 or the label words. Teacher rationales come from `config.data.cache_dir`
+when set. Text files are checked for UTF-8 first (an error names the file and line).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import re
 from typing import Any
 
 from jaxdistill.data.examples import DataError, Example
-from jaxdistill.data.sources import Dataset, ErrorPolicy, cfg_get, esnli_dataset, relabel_split
+from jaxdistill.data.sources import Dataset, ErrorPolicy, cfg_get, check_utf8_file, esnli_dataset, relabel_split
 from jaxdistill.data.sources.dss import nli_example
 
 DEFAULT_NAME = "esnli"
 SPLITS = {"train": "train", "dev": "validation", "test": "test"}
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+TEXT_FORMATS = (".json", ".jsonl", ".csv")  # checked for UTF-8 before `datasets` reads them
 _SPLIT_WORDS = {"train": "train", "valid": "validation", "validation": "validation", "dev": "validation",
                 "test": "test"}
 
@@ -41,6 +43,8 @@ def local_data_files(path: str) -> tuple[str, dict[str, list[str]]]:
     if len(splits) != 1:
       raise DataError(f"{f}: can't tell its split from the name "
                       f"(want one of train, valid/validation/dev, test)")
+    if ext in TEXT_FORMATS:
+      check_utf8_file(f)
     by_builder.setdefault(BUILDERS[ext], {}).setdefault(splits.pop(), []).append(f)
   if not by_builder:
     raise FileNotFoundError(f"{path}: no *.json, *.jsonl, *.parquet or *.csv files")
@@ -90,7 +94,8 @@ def load(config_data) -> Dataset:
     if hf_split not in dd:
       if split == "train":
         raise DataError(f"{cfg_get(config_data, 'path', '') or DEFAULT_NAME}: no train split")
-      splits[split] = []
+      if split == "dev":
+        splits[split] = []
       continue
     rows = dd[hf_split]
     if split == "train" and 0 <= max_train < len(rows):

@@ -11,21 +11,25 @@ A line looks like
 
 This is the escape hatch for any task the built-in loaders don't know. train.jsonl is
 required; without dev.jsonl the dev split is the last `dev_size` lines of train; test.jsonl
-is optional. A rationale's `teacher_correct` defaults to `teacher_answer == label` (and to
-False when it has no teacher_answer). With `config.data.cache_dir` set, rationales come
-from that cache instead of the lines. Bad lines raise a DataError naming file and line,
-or with on_error="skip" are counted in Dataset.skipped.
+is optional (without it Dataset.splits has no "test" key). Each file that is there must be a
+regular UTF-8 file with at least one example. A rationale's `teacher_correct` defaults to
+`teacher_answer == label` (and to False when it has no teacher_answer). With
+`config.data.cache_dir` set, rationales come from that cache instead of the lines. Bad lines
+(invalid UTF-8 included) raise a DataError naming file and line, or with on_error="skip" are
+counted in Dataset.skipped.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Any, Mapping
 
 from jaxdistill.data.examples import DataError, Example, LABEL_SETS, Rationale, check_label
 from jaxdistill.data.sources import (Dataset, ErrorPolicy, bad_record, cached_rationales, cap_train,
-                                     cfg_get, group_rationales, relabel_split, split_off_dev)
+                                     cfg_get, decode_utf8, group_rationales, relabel_split, require_examples,
+                                     split_off_dev)
 
 SPLITS = ("train", "dev", "test")
 RESERVED = ("id", "task", "inputs", "label", "human_explanations", "rationales", "split")
@@ -112,11 +116,13 @@ def parse_line(rec: Any, *, task: str, split: str, index: int, where: str
 
 def read_file(path: str, task: str, split: str, policy: ErrorPolicy, seen: set[str] | None = None
               ) -> tuple[list[Example], list[Rationale]]:
-  """Examples and rationales of one file; `seen` carries ids across files (ids are unique)."""
+  """Examples and rationales of one file; `seen` carries ids across files (ids are unique).
+  A file that yields no example (empty, or every line skipped) is a DataError."""
   name = os.path.basename(path)
   examples, rationales = [], []
   seen = set() if seen is None else seen
-  with open(path, encoding="utf-8") as f:
+  skipped_before = collections.Counter(policy.skipped)
+  with open(path, "rb") as f:
     index = 0
     for lineno, line in enumerate(f, start=1):
       if not line.strip():
@@ -124,7 +130,7 @@ def read_file(path: str, task: str, split: str, policy: ErrorPolicy, seen: set[s
       where = f"{name}:{lineno}"
       try:
         try:
-          rec = json.loads(line)
+          rec = json.loads(decode_utf8(line, name, lineno))
         except json.JSONDecodeError as e:
           raise bad_record("malformed_json",
                            f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
@@ -139,7 +145,19 @@ def read_file(path: str, task: str, split: str, policy: ErrorPolicy, seen: set[s
       seen.add(ex.id)
       examples.append(ex)
       rationales.extend(rats)
+  require_examples(examples, path, index, collections.Counter(policy.skipped) - skipped_before)
   return examples, rationales
+
+
+def split_file(path: str, split: str) -> str | None:
+  """{path}/{split}.jsonl, or None when there is none; a DataError when the name is taken by a
+  directory or a broken link (never read as "no such split")."""
+  f = os.path.join(path, f"{split}.jsonl")
+  if not os.path.lexists(f):
+    return None
+  if not os.path.isfile(f):
+    raise DataError(f"{f}: exists but is not a regular file; expected a JSON-lines file (or nothing)")
+  return f
 
 
 def load(config_data) -> Dataset:
@@ -153,8 +171,8 @@ def load(config_data) -> Dataset:
   rationales: list[Rationale] = []
   seen: set[str] = set()
   for split in SPLITS:
-    f = os.path.join(path, f"{split}.jsonl")
-    if os.path.isfile(f):
+    f = split_file(path, split)
+    if f is not None:
       by_split[split], rats = read_file(f, task, split, policy, seen)
       rationales.extend(rats)
   if "train" not in by_split:
@@ -168,8 +186,9 @@ def load(config_data) -> Dataset:
   splits = {
       "train": relabel_split(cap_train(train, int(cfg_get(config_data, "max_train_examples", -1))), "train"),
       "dev": relabel_split(dev, "dev"),
-      "test": relabel_split(by_split.get("test", []), "test"),
   }
+  if "test" in by_split:
+    splits["test"] = relabel_split(by_split["test"], "test")
   ids = {ex.id for exs in splits.values() for ex in exs}
   from_cache = cached_rationales(config_data, ids)  # cache_dir set: rationales come from the cache
   return Dataset(task=task, splits=splits,

@@ -8,8 +8,8 @@ layout). `config.data.path`:
   - a directory -> its json / jsonl / parquet / csv files, the split named by the file
     (train / validation / test, as for the HF e-SNLI source).
 Splits: train = the hub's train minus its last `dev_size` rows, which are dev; test = the hub's
-validation split (v2.1's test split has no public answers). `max_train_examples` and
-`max_eval_examples` cap the rows read.
+validation split (v2.1's test split has no public answers; without a validation split there is
+no "test" key). `max_train_examples` and `max_eval_examples` cap the rows read.
 
 Example: inputs {"question", "passages": "[1] ... [2] ..."}, label = the first answer. Its trace:
   type      the query type (description | numeric | entity | location | person)
@@ -108,8 +108,9 @@ def load(config_data) -> Dataset:
         read[hf_split].append(made)
   steps = {ex.id: s for made in read.values() for ex, s in made}
   train, dev = split_off_dev([ex for ex, _ in read["train"]], dev_size, where["train"])
-  splits = {"train": relabel_split(train, "train"), "dev": relabel_split(dev, "dev"),
-            "test": relabel_split([ex for ex, _ in read["validation"]], "test")}
+  splits = {"train": relabel_split(train, "train"), "dev": relabel_split(dev, "dev")}
+  if "validation" in dd:
+    splits["test"] = relabel_split([ex for ex, _ in read["validation"]], "test")
   rationales = {ex.id: [traces.trace_rationale(ex, steps[ex.id], DECOMPOSER.prompt_id)]
                 for exs in splits.values() for ex in exs}
   return Dataset(task=TASK, splits=splits, rationales=rationales, labels=None,
