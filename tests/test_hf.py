@@ -63,3 +63,19 @@ def test_load_errors_name_the_directory(saved, tmp_path):
   (bad / "config.json").write_text(json.dumps(hf.read_config(path)))
   with pytest.raises(FileNotFoundError, match="no model.safetensors"):
     hf.load(str(bad))
+
+
+def test_export_after_a_killed_export_replaces_its_leftovers(saved, tmp_path):
+  """A kill between the swap's renames left `hf.old` (then every later export failed: a directory
+  cannot be renamed onto a non-empty one); a kill mid-write left `hf.tmp` with stray files."""
+  model, _ = saved
+  path = str(tmp_path / "hf")
+  hf.save(model, path)
+  for leftover in (path + ".old", path + ".tmp"):
+    os.makedirs(leftover)
+    with open(os.path.join(leftover, "stray.bin"), "wb") as f:
+      f.write(b"half")
+  hf.save(model, path)
+  assert sorted(os.listdir(tmp_path)) == ["hf"]
+  assert sorted(os.listdir(path)) == sorted([hf.CONFIG, hf.WEIGHTS])
+  assert load_file(os.path.join(path, hf.WEIGHTS)).keys() == hf.state_dict(model).keys()

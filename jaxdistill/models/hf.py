@@ -278,8 +278,10 @@ def save(model: nnx.Module, path: str, *, tokenizer=None) -> None:
   temporary directory first and renamed into place: an interrupted export leaves no half model."""
   from safetensors.numpy import save_file
   family = family_of(model)
-  tmp = path.rstrip("/") + ".tmp"
-  os.makedirs(tmp, exist_ok=True)
+  tmp, old = path.rstrip("/") + ".tmp", path.rstrip("/") + ".old"
+  for leftover in (tmp, old):  # of an export killed midway: the next one starts clean
+    shutil.rmtree(leftover, ignore_errors=True)
+  os.makedirs(tmp)
   tensors = state_dict(model)
   # safetensors refuses shared memory between tensors: tied aliases are written as copies.
   seen: dict[int, str] = {}
@@ -296,7 +298,6 @@ def save(model: nnx.Module, path: str, *, tokenizer=None) -> None:
       raise TypeError(f"hf.save: cannot save tokenizer {tokenizer!r} (no save_pretrained)")
     backend.save_pretrained(tmp)
   if os.path.exists(path):
-    old = path.rstrip("/") + ".old"
     os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
