@@ -57,9 +57,11 @@ def test_parse_cqa():
   p = dss.parse_completion("cqa", "Sharks swim. So the answer is (a) ocean.\n\nQ: next?\nA: So the answer is "
                            "(b) desert.", ex)
   assert p == dss.Parsed("Sharks swim.", "ocean", True)
-  # The letter decides (mapped to the example's choice), not the text after it.
+  # The text after the letter decides when it names a choice (the release reads the text; PaLM's letter
+  # is sometimes one off), else the letter: PaLM corrects the choices' spelling ("(b) desserts").
   p = dss.parse_completion("cqa", "X. So the answer is (b) ocean.", ex)
-  assert p == dss.Parsed("X.", "desert", False)
+  assert p == dss.Parsed("X.", "ocean", True)
+  assert dss.parse_completion("cqa", "X. So the answer is (b) Deserts.", ex).teacher_answer == "desert"
   assert dss.parse_completion("cqa", "X. So the answer is (c).", ex).teacher_answer == "sky"
   for hedge in ("X. So the answer is either (a) ocean or (b) desert.",
                 "X. So the answer is (a) ocean or (b) desert."):
@@ -82,6 +84,81 @@ def test_parse_svamp():
   assert p == dss.Parsed("R.", "(16 * 17) * 4", True)
   for bad in ("R. The answer is (some - 21).", "R. The answer is ((491 - 21", "R. no marker"):
     assert dss.parse_completion("svamp", bad, ex).teacher_answer == ""
+
+
+def test_parse_release_markers():
+  """The answer formats the release's reader (data_utils.py) takes that a line-start "Answer:" misses."""
+  nli = _nli("neutral")
+  # e-SNLI: "Answer:" anywhere (the release reads after the first "Answer: "), also after a blank line,
+  # up to the next exemplar whether or not a blank line comes before it.
+  assert dss.parse_completion("esnli", "A is B. Answer: neutral", nli) == dss.Parsed("A is B.", "neutral", True)
+  assert dss.parse_completion("esnli", "A is B.\n\nAnswer: neutral\n\nPremise: x\nAnswer: entailment", nli) == \
+      dss.Parsed("A is B.", "neutral", True)
+  assert dss.parse_completion("esnli", "A is B.\nAnswer: neutral\nPremise: x\nHypothesis: y\nAnswer: entailment",
+                              nli) == dss.Parsed("A is B.", "neutral", True)
+  assert dss.parse_completion("esnli", "A is B.\n**Answer:** Neutral.", nli).teacher_answer == "neutral"
+  # ANLI: "So the answer is <label>." (PaLM) and "The answer is <label>." (the release's GPT-NeoX reader).
+  p = dss.parse_completion("anli", "It is not said. So the answer is neutral.\n\nPremise: x\nHypothesis: y", nli)
+  assert p == dss.Parsed("It is not said.", "neutral", True)
+  assert dss.parse_completion("anli", "Not so. The answer is contradiction.", nli) == \
+      dss.Parsed("Not so.", "contradiction", False)
+  assert dss.parse_completion("anli", "R. So the answer is neutral.\nPremise: x\nSo the answer is entailment.",
+                              nli).teacher_answer == "neutral"
+  # CQA: the letter anywhere after the marker on its line; the next "Q:" without a blank line.
+  cqa = _cqa()
+  assert dss.parse_completion("cqa", "X. So the answer is: (a) ocean.", cqa) == dss.Parsed("X.", "ocean", True)
+  assert dss.parse_completion("cqa", "X. So the answer is option (c) sky.", cqa).teacher_answer == "sky"
+  assert dss.parse_completion("cqa", "X. So the answer is (a) ocean.\nQ: Next?\nAnswer Choices:\n(a) x\n"
+                              "A: So the answer is (b) desert.", cqa).teacher_answer == "ocean"
+  # SVAMP: a parenthesised equation among other words, a colon, "= result", the next "Q:" without a blank.
+  sv = _svamp()
+  for text, answer in (("R. The answer is: (84 / 2).", "(84 / 2)"),
+                       ("R. The answer is therefore (84 / 2).", "(84 / 2)"),
+                       ("R. The answer is 84 / 2 = 42.", "84 / 2"),
+                       ("R.\n\nThe answer is (84 / 2).", "(84 / 2)"),
+                       ("R. The answer is (84 / 2).\nQ: x\nA: The answer is (1 + 1).", "(84 / 2)")):
+    assert dss.parse_completion("svamp", text, sv) == dss.Parsed("R.", answer, True), text
+  assert dss.parse_completion("svamp", "R. The answer is (84 / 2) = 41.", sv).teacher_answer == ""  # disagrees
+  assert dss.parse_completion("svamp", "R. The answer is (8 / 4) and (6 / 4).", sv).teacher_answer == ""
+
+
+def test_split_with_too_many_unparsed_completions(dss_fixture_dir, tmp_path):
+  """More than 5% of a split's completions without an answer is an error naming the file and the first
+  one (e.g. another task's completions), never a summary with accuracy near 0; skip counts them."""
+  from jaxdistill import cache as cache_tool
+  tdir = _copy_task(dss_fixture_dir, tmp_path, "esnli")
+  for f in (tdir / "llm").glob("valid_CoT_*.json"):
+    f.unlink()
+  cqa_style = "The answer must be a place. So the answer is (a) ocean."
+  (tdir / "llm" / "valid_CoT_0.json").write_text(json.dumps(["R.\nAnswer: neutral"] + [cqa_style] * 3))
+  pattern = (r"valid_CoT_0\.json\[1\]: the first of 3 of 4 esnli valid completions \(75\.0%, more than 5%\) "
+             r"whose answer does not parse")
+  with pytest.raises(DataError, match=pattern):
+    dss.read_split(str(tmp_path), "esnli", "valid")
+  exs, rats, skipped = dss.read_split(str(tmp_path), "esnli", "valid", on_error="skip")
+  assert skipped == {"unparsed_completions": 3} and len(exs) == len(rats) == 4  # the rows are kept
+  assert [r.teacher_answer for r in rats] == ["neutral", "", "", ""]
+  with pytest.raises(DataError, match=pattern):
+    load_dataset({"source": "dss", "task": "esnli", "path": str(tmp_path), "dev_size": 1})
+  lines = []
+  (summary,) = cache_tool.import_dss("esnli", str(tmp_path), "valid", str(tmp_path / "cache"), on_error="skip",
+                                     echo=lines.append)
+  assert summary["skipped"] == {"unparsed_completions": 3} and summary["unparsed"] == 3
+  assert "unparsed 3, skipped: unparsed_completions=3" in lines[0]
+
+
+def test_unparsed_threshold():
+  from jaxdistill.data.sources import ErrorPolicy
+  policy = ErrorPolicy("raise")
+  dss.check_unparsed("svamp", "train", ["f.json[7]"] * 5, 100, policy)  # 5% is allowed
+  with pytest.raises(DataError, match=r"^f\.json\[7\]: the first of 6 of 100 svamp train completions \(6\.0%"):
+    dss.check_unparsed("svamp", "train", ["f.json[7]"] * 6, 100, policy)
+  dss.check_unparsed("svamp", "test", ["f.json[0]"] * 2, 4, policy)  # a tiny split may hold two
+  with pytest.raises(DataError, match="3 of 4"):
+    dss.check_unparsed("svamp", "test", ["f.json[0]"] * 3, 4, policy)
+  skip = ErrorPolicy("skip")
+  dss.check_unparsed("svamp", "test", ["f.json[0]"] * 3, 4, skip)
+  assert skip.as_dict() == {"unparsed_completions": 3}
 
 
 def test_safe_eval():
@@ -458,6 +535,12 @@ def _record_count(path):
     return sum(1 for line in f if line.strip())
 
 
+# (correct, unparsed) per split of PaLM's completions as teachers/parsers.py reads them.
+REAL_RELEASE_COUNTS = {("esnli", "valid"): (7201, 4), ("esnli", "test"): (7171, 0),
+                       ("cqa", "train"): (7344, 287), ("cqa", "test"): (959, 25),
+                       ("svamp", "train"): (594, 33), ("svamp", "test"): (155, 7)}
+
+
 @pytest.mark.parametrize("task", ["esnli", "cqa", "svamp"])
 def test_real_release_every_row_parses(dss_root, task):
   splits = dss.available_splits(dss_root, task)
@@ -469,6 +552,7 @@ def test_real_release_every_row_parses(dss_root, task):
     assert len({e.id for e in exs}) == n
     stats = dss.split_stats(exs, rats)
     assert 0.6 < stats.accuracy < 0.85 and stats.unparsed < 0.05 * n
+    assert (stats.correct, stats.unparsed) == REAL_RELEASE_COUNTS[(task, split)]
     if task == "cqa":
       assert all(dss.choice_list(e) == [c.strip() for c in _choices(e)] for e in exs[:50])
       assert all(r.teacher_answer in ("", *dss.choice_list(e)) for e, r in zip(exs, rats))

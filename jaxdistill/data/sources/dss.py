@@ -10,27 +10,32 @@ Splits as released: esnli valid/test (train if present), cqa train/test, svamp t
 anli (same layout as esnli; the release names files like anli1_train.json) train/valid/test.
 
 A completion is the teacher's answer to the last few-shot exemplar and usually runs on
-into an invented next exemplar; we cut it at the first blank line, then split off the
-answer marker:
+into an invented next exemplar; `teachers/parsers.py` cuts it off (at the first blank line, or
+at the next "Premise:" / "Q:" line) and splits off the answer after the marker, as the release's
+own reader (data_utils.py) does:
 
-    esnli/anli  "<rationale>\\nAnswer: <label>"
+    esnli       "<rationale>\\nAnswer: <label>"
+    anli        "<rationale> So the answer is <label>." (or "Answer: <label>")
     cqa         "<rationale> So the answer is (<letter>) <choice>."
     svamp       "<rationale> The answer is (<equation>)."
 
 `teacher_answer` is always a member of the answer space (a label, one of the example's
 choices, an equation that evaluates) or "" when the completion can't be parsed; such
-rationales are kept (teacher_correct=False) and counted as `unparsed`, not as errors.
+rationales are kept (teacher_correct=False) and counted as `unparsed`. A few are expected
+(PaLM hedges between two choices or runs out of tokens); more than `MAX_UNPARSED_FRACTION`
+of a split means the reader and the files disagree (another task's completions, a changed
+format) and is a DataError naming the file and the first unparsed completion, never a
+summary reporting an accuracy near 0; with on_error="skip" they are counted in `skipped` as
+"unparsed_completions" and the rows kept.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import glob
 import json
 import logging
 import math
-import operator
 import os
 import re
 from typing import Any, Mapping, Sequence
@@ -39,135 +44,30 @@ from jaxdistill.data.examples import DataError, Example, LABEL_SETS, Rationale
 from jaxdistill.data.sources import (Dataset, ErrorPolicy, bad_record, cap_train, cfg_get, decode_utf8,
                                      group_rationales, merge_skipped, relabel_split, require_examples,
                                      split_off_dev)
+from jaxdistill.teachers import parsers
+# Parsing lives in teachers/parsers.py (every teacher is read alike); these names stay importable here.
+from jaxdistill.teachers.parsers import (NLI_LABELS, NLI_TASKS, Parsed, choice_list, cut_completion,
+                                         equations_equal, format_choices, safe_eval)
 
 TEACHER = "palm-540b"
 PROMPT_ID = "dss-cot"
 TASKS = ("esnli", "cqa", "svamp", "anli")
-NLI_TASKS = ("esnli", "anli")
-NLI_LABELS = ("entailment", "neutral", "contradiction")  # label ids 0, 1, 2
-CQA_LETTERS = "abcdefghij"
+CQA_LETTERS = parsers.CHOICE_LETTERS
 SPLIT_ORDER = ("train", "valid", "test")
-SVAMP_TOLERANCE = 1e-4
-
-
-# --- arithmetic ---------------------------------------------------------------------------
-
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-
-
-def safe_eval(expr: str) -> float:
-  """Evaluates numbers with + - * / and parentheses (never `eval`); ValueError otherwise."""
-  text = _THOUSANDS.sub("", expr.strip())
-  if not text or len(text) > 500:
-    raise ValueError(f"not an equation: {expr!r}")
-  try:
-    tree = ast.parse(text, mode="eval")
-  except (SyntaxError, ValueError) as e:
-    raise ValueError(f"not an equation: {expr!r}") from e
-
-  def ev(node: ast.AST) -> float:
-    if isinstance(node, ast.Expression):
-      return ev(node.body)
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-      return float(node.value)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-      left, right = ev(node.left), ev(node.right)
-      if isinstance(node.op, ast.Div) and right == 0:
-        raise ValueError(f"division by zero in {expr!r}")
-      return _BINOPS[type(node.op)](left, right)
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-      return _UNARY[type(node.op)](ev(node.operand))
-    raise ValueError(f"not an equation: {expr!r}")
-
-  try:
-    value = ev(tree)
-  except RecursionError as e:
-    raise ValueError(f"equation too deep: {expr!r}") from e
-  if not math.isfinite(value):
-    raise ValueError(f"equation is not finite: {expr!r}")
-  return value
-
-
-def equations_equal(a: str, b: str, tol: float = SVAMP_TOLERANCE) -> bool:
-  try:
-    return abs(safe_eval(a) - safe_eval(b)) <= tol
-  except ValueError:
-    return False
+SVAMP_TOLERANCE = parsers.EQUATION_TOLERANCE
+MAX_UNPARSED_FRACTION = 0.05  # of a split's completions; more is a DataError (module docstring)
+# A split may always hold this many unparsed completions: in a split of a few records one truncated
+# completion is more than 5% without meaning that the reader is wrong.
+UNPARSED_ALWAYS_ALLOWED = 2
 
 
 # --- completions ----------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Parsed:
-  rationale: str
-  teacher_answer: str  # "" when unparseable
-  teacher_correct: bool
-
-
-_BLANK_LINE = re.compile(r"\n[ \t]*\n")
-_NLI_ANSWER = re.compile(r"(?:^|\n)[ \t]*Answer:[ \t]*([A-Za-z]+)")
-_CQA_MARKER = re.compile(r"So the answer is")
-_CQA_ANSWER = re.compile(r"So the answer is\s*\(([A-Za-z])\)")
-_CQA_LETTER = re.compile(r"\([A-Za-z]\)")
-_SVAMP_MARKER = re.compile(r"The answer is")
-
-
-def cut_completion(text: str) -> str:
-  """Drops the invented next few-shot exemplar: everything from the first blank line."""
-  m = _BLANK_LINE.search(text)
-  return text[:m.start()] if m else text
-
-
 def parse_completion(task: str, completion: str, example: Example) -> Parsed:
-  """Splits a PaLM completion into rationale and answer, and checks the answer."""
-  head = cut_completion(completion)
-  if task in NLI_TASKS:
-    m = _NLI_ANSWER.search(head)
-    if not m:
-      return Parsed(head.strip(), "", False)
-    rationale, word = head[:m.start()].strip(), m.group(1).lower()
-    if word not in NLI_LABELS:
-      return Parsed(rationale, "", False)
-    return Parsed(rationale, word, word == example.label)
-  if task == "cqa":
-    marker = _CQA_MARKER.search(head)
-    if not marker:
-      return Parsed(head.strip(), "", False)
-    rationale = head[:marker.start()].strip()
-    m = _CQA_ANSWER.match(head, marker.start())
-    choices = choice_list(example)
-    idx = CQA_LETTERS.find(m.group(1).lower()) if m else -1
-    # Hedges ("(a) x or (b) y", "either (a) x or (b) y") count as unparseable, i.e. wrong.
-    hedged = bool(m) and _CQA_LETTER.search(head[m.end():].split("\n", 1)[0]) is not None
-    if idx < 0 or idx >= len(choices) or hedged:
-      return Parsed(rationale, "", False)
-    answer = choices[idx]
-    return Parsed(rationale, answer, answer == example.label)
-  if task == "svamp":
-    marker = _SVAMP_MARKER.search(head)
-    if not marker:
-      return Parsed(head.strip(), "", False)
-    rationale = head[:marker.start()].strip()
-    eq = head[marker.end():].split("\n", 1)[0].strip().rstrip(".").strip()
-    try:
-      safe_eval(eq)
-    except ValueError:
-      return Parsed(rationale, "", False)
-    return Parsed(rationale, eq, equations_equal(eq, example.label))
-  raise ValueError(f"unknown DSS task {task!r} (expected one of {TASKS})")
-
-
-def choice_list(example: Example) -> list[str]:
-  """The CQA choices back from the "(a) x (b) y ..." input string."""
-  text = example.inputs.get("choices", "")
-  parts = re.split(r"(?:^|\s)\([a-j]\)\s", text)
-  return [p.strip() for p in parts[1:]]
-
-
-def format_choices(choices: Sequence[str]) -> str:
-  return " ".join(f"({CQA_LETTERS[i]}) {c}" for i, c in enumerate(choices))
+  """Splits a PaLM completion into rationale and answer, and checks the answer (`parsers.parse`)."""
+  if task not in TASKS:
+    raise ValueError(f"unknown DSS task {task!r} (expected one of {TASKS})")
+  return parsers.parse(task, completion, example)
 
 
 # --- records ----------------------------------------------------------------------------------
@@ -429,6 +329,7 @@ def read_split(src_dir: str, task: str, split: str, on_error: str = "raise"
       completions = None
 
   examples, rationales = [], []
+  unparsed: list[str] = []  # "file[index]" of each completion without a readable answer
   seen_ids: set[str] = set()
   for i, (where, rec) in enumerate(records):
     if rec is None:  # malformed line, already counted
@@ -450,11 +351,26 @@ def read_split(src_dir: str, task: str, split: str, on_error: str = "raise"
                                                  f"got {type(completion).__name__}"))
       continue
     p = parse_completion(task, completion, ex)
+    if not p.teacher_answer:
+      unparsed.append(cwhere)
     rationales.append(Rationale(example_id=ex.id, teacher=TEACHER, prompt_id=PROMPT_ID, sample_index=0,
                                 rationale=p.rationale, teacher_answer=p.teacher_answer,
                                 teacher_correct=p.teacher_correct, raw=completion))
   require_examples(examples, path, len(records), policy.as_dict())
+  check_unparsed(task, split, unparsed, len(rationales), policy)
   return examples, rationales, policy.as_dict()
+
+
+def check_unparsed(task: str, split: str, unparsed: Sequence[str], parsed: int, policy: ErrorPolicy) -> None:
+  """A DataError (counted as "unparsed_completions" with on_error=skip) when more than
+  MAX_UNPARSED_FRACTION of a split's completions do not parse; `unparsed` are their places."""
+  if len(unparsed) <= max(MAX_UNPARSED_FRACTION * parsed, UNPARSED_ALWAYS_ALLOWED):
+    return
+  policy.handle(bad_record(
+      "unparsed_completions",
+      f"{unparsed[0]}: the first of {len(unparsed)} of {parsed} {task} {split} completions "
+      f"({len(unparsed) / parsed:.1%}, more than {MAX_UNPARSED_FRACTION:.0%}) whose answer does not parse; are "
+      f"they {task} completions in the release's format (teachers/parsers.py)?"), count=len(unparsed))
 
 
 # --- Dataset -----------------------------------------------------------------------------------
