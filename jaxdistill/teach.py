@@ -89,7 +89,14 @@ def make_teacher(teacher: ml_collections.ConfigDict, config: ml_collections.Conf
   from jaxdistill.teachers import local  # pylint: disable=g-import-not-at-top
   return local.LocalTeacher(teacher.checkpoint, mesh=partitioning.make_mesh(config.mesh),
                             rules=config.logical_axis_rules, batch_size=int(teacher.batch_size),
-                            name=teacher.name or None)
+                            name=teacher.name or checkpoint_name(teacher.checkpoint))
+
+
+def checkpoint_name(checkpoint: str) -> str:
+  """The directory's name, or its run's for a run's export (RUN/hf): what names the teacher."""
+  path = os.path.normpath(os.path.abspath(checkpoint))
+  name = os.path.basename(path)
+  return os.path.basename(os.path.dirname(path)) if name == "hf" else name
 
 
 # --------------------------------------------------------------------------- requests
@@ -243,9 +250,11 @@ class Progress:
     rate = tally.samples / max(now - self.start, 1e-9)
     eta = (self.total - tally.samples) / rate if rate > 0 else math.inf
     cap = f" of ${self.budget.max_usd:.2f}" if self.budget.max_usd > 0 else ""
-    print(f"\r[teach] {tally.samples}/{self.total} samples, {rate:.2f}/s, ETA "
+    # On a terminal the line is redrawn in place; in a log file each update is a line of its own.
+    ending = "\n" if final or not self.stream.isatty() else ""
+    print(f"{'' if ending else chr(13)}[teach] {tally.samples}/{self.total} samples, {rate:.2f}/s, ETA "
           f"{'-' if math.isinf(eta) else f'{eta:.0f}s'}, tokens {tally.prompt_tokens}+{tally.completion_tokens}, "
-          f"${self.budget.spent:.4f}{cap}, failed {tally.failures}", end="\n" if final else "", file=self.stream,
+          f"${self.budget.spent:.4f}{cap}, failed {tally.failures}", end=ending, file=self.stream,
           flush=True)
 
 

@@ -9,6 +9,12 @@ cache from the prompt and reuses `greedy_loop` (`causal_lm_generate`).
 
 Sampling goes through the loop's `select` argument (`sampler(...)`: temperature, top-k,
 top-p), for both paths: `seq2seq_generate` (T5) and `causal_lm_generate`.
+
+The teacher's decode (`causal_lm_sample`, used by `jaxdistill.teachers.local`) is the same loop
+(`decode_loop`) with per-row sampling (`row_sampler`: each row its own PRNG key derived from
+(seed, sample index), its own temperature / top-k / top-p / max_tokens), optionally recording
+each generated token's logprob and the top-k alternatives under the raw logits. With those
+records off it traces to exactly the plain loop.
 """
 
 from __future__ import annotations
@@ -43,8 +49,34 @@ def greedy_loop(step_fn: StepFn, params: Any, cache: Any, *, batch_size: int, ma
   scalar, or several ids [N]; kept in the output); later columns are `pad_id`. Returns
   int32 [batch_size, max_len].
   """
+  return decode_loop(step_fn, params, cache, batch_size=batch_size, max_len=max_len, eos_id=eos_id,
+                     start_id=start_id, pad_id=pad_id, start_position=start_position,
+                     select=select)["tokens"]
+
+
+def decode_loop(step_fn: StepFn, params: Any, cache: Any, *, batch_size: int, max_len: int,
+                eos_id: int | Array, start_id: int | Array = 0, pad_id: int = 0,
+                start_position: int | Array = 0, select: SelectFn | None = None,
+                limit: Array | None = None, top_logprobs: int | None = None) -> dict[str, Array]:
+  """`greedy_loop` that may also stop rows early and record log-probabilities.
+
+  `limit` [B] (optional): row r finishes after `limit[r]` tokens (a per-row max_tokens in a
+  batch decoded to the longest). `top_logprobs` None records nothing more (the plain loop);
+  0 records each chosen token's logprob, k > 0 also the k most likely ids and their logprobs,
+  all under log_softmax of the raw step logits (temperature 1, before any top-k / top-p
+  filtering: the teacher's own distribution, what distillation needs). Returns {"tokens"
+  [B,T] int32, and with top_logprobs: "logprobs" [B,T], "top_ids" [B,T,k], "top_logprobs"
+  [B,T,k]}; columns after a row finished are `pad_id` / 0.
+  """
   if select is None:
     select = greedy_select
+  eos = jnp.reshape(jnp.asarray(eos_id, jnp.int32), (1, -1))
+  out = {"tokens": jnp.full((batch_size, max_len), pad_id, jnp.int32)}
+  if top_logprobs is not None:
+    out["logprobs"] = jnp.zeros((batch_size, max_len), jnp.float32)
+    if top_logprobs > 0:
+      out["top_ids"] = jnp.zeros((batch_size, max_len, top_logprobs), jnp.int32)
+      out["top_logprobs"] = jnp.zeros((batch_size, max_len, top_logprobs), jnp.float32)
 
   def cond(carry):
     step, _, _, _, done = carry
@@ -55,14 +87,32 @@ def greedy_loop(step_fn: StepFn, params: Any, cache: Any, *, batch_size: int, ma
     logits, cache = step_fn(params, cache, token, start_position + step)
     token = select(logits, step).astype(jnp.int32)
     token = jnp.where(done, pad_id, token)
-    out = jax.lax.dynamic_update_slice_in_dim(out, token[:, None], step, axis=1)
-    is_eos = jnp.any(token[:, None] == jnp.reshape(jnp.asarray(eos_id, jnp.int32), (1, -1)), axis=1)
-    return step + 1, token, cache, out, done | is_eos
+    new = {"tokens": token}
+    if top_logprobs is not None:
+      new.update(token_logprobs(logits, token, top_logprobs, done))
+    out = {k: jax.lax.dynamic_update_slice_in_dim(v, new[k][:, None].astype(v.dtype), step, axis=1)
+           for k, v in out.items()}
+    finished = jnp.any(token[:, None] == eos, axis=1)
+    if limit is not None:
+      finished = finished | (step + 1 >= limit)
+    return step + 1, token, cache, out, done | finished
 
-  init = (jnp.int32(0), jnp.full((batch_size,), start_id, jnp.int32), cache,
-          jnp.full((batch_size, max_len), pad_id, jnp.int32),
-          jnp.zeros((batch_size,), bool))
+  init = (jnp.int32(0), jnp.broadcast_to(jnp.asarray(start_id, jnp.int32), (batch_size,)), cache,
+          out, jnp.zeros((batch_size,), bool))
   return jax.lax.while_loop(cond, body, init)[3]
+
+
+def token_logprobs(logits: Array, token: Array, k: int, done: Array) -> dict[str, Array]:
+  """One step's records for `decode_loop`: the chosen token's logprob [B] and (k > 0) the top-k
+  ids / logprobs [B,k] under log_softmax(logits) in float32; zeros for finished rows."""
+  logprobs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  chosen = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
+  out = {"logprobs": jnp.where(done, 0.0, chosen)}
+  if k > 0:
+    values, ids = jax.lax.top_k(logprobs, k)
+    out["top_logprobs"] = jnp.where(done[:, None], 0.0, values)
+    out["top_ids"] = jnp.where(done[:, None], 0, ids)
+  return out
 
 
 def _seq2seq_loop(graphdef, state, encoder_input_ids, encoder_segment_ids, max_len, eos_id, select=None):
@@ -136,6 +186,57 @@ def sampler(rng: Array, *, temperature: float | Array, top_k: int = 0,
   return select
 
 
+def row_keys(base_seed: Array | int, seeds: Array, sample_ids: Array) -> Array:
+  """Per-row PRNG keys [B]: fold_in(fold_in(key(base_seed), seed[r]), sample_id[r]). A row's
+  randomness depends only on (base seed, its seed, its sample index), never on its batch."""
+  base = jax.random.key(jnp.asarray(base_seed, jnp.uint32))
+  return jax.vmap(lambda s, i: jax.random.fold_in(jax.random.fold_in(base, s), i))(
+      jnp.asarray(seeds, jnp.uint32), jnp.asarray(sample_ids, jnp.uint32))
+
+
+def row_sampler(keys: Array, temperature: Array, top_k: Array | None = None,
+                top_p: Array | None = None) -> SelectFn:
+  """A `select` with per-row keys [B] and per-row parameters [B], so rows of different
+  requests share a batch and a row draws the same tokens in any batch.
+
+  Row r at step i draws from softmax(logits / temperature[r]) with `fold_in(keys[r], i)`
+  (vmapped over rows: the noise of a row is a function of its key alone), keeping the
+  `top_k[r]` most likely tokens (0: all) and then the smallest set whose probability reaches
+  `top_p[r]` (>= 1: all), in transformers' order, as `sampler` does. temperature[r] == 0 is
+  greedy (argmax). `top_k` / `top_p` None skip the filter for every row (no vocabulary sort).
+  """
+
+  def select(logits: Array, step: Array) -> Array:
+    logits = logits.astype(jnp.float32)
+    hot = temperature > 0
+    scaled = logits / jnp.where(hot, temperature, 1.0)[:, None]
+    if top_k is not None or top_p is not None:
+      scaled = _filtered(scaled, top_k, top_p)
+    draw = jax.vmap(lambda key, row: jax.random.categorical(jax.random.fold_in(key, step), row))(
+        keys, scaled)
+    return jnp.where(hot, draw, jnp.argmax(logits, axis=-1)).astype(jnp.int32)
+
+  return select
+
+
+def _filtered(logits: Array, top_k: Array | None, top_p: Array | None) -> Array:
+  """logits [B,V] with tokens outside each row's top-k, then top-p, set to -inf."""
+  ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # most likely first
+  cutoff = jnp.full(logits.shape[:1], -jnp.inf)
+  if top_k is not None:
+    k = jnp.clip(top_k, 1, logits.shape[-1]).astype(jnp.int32)
+    kth = jnp.take_along_axis(ordered, (k - 1)[:, None], axis=-1)[:, 0]
+    cutoff = jnp.where(top_k > 0, kth, cutoff)
+    ordered = jnp.where(ordered < cutoff[:, None], -jnp.inf, ordered)
+  if top_p is not None:
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
+    # Keep a token while the mass before it is < top_p (the most likely one always).
+    kept = jnp.where(before < top_p[:, None], ordered, jnp.inf)
+    cutoff = jnp.where(top_p < 1.0, jnp.maximum(cutoff, jnp.min(kept, axis=-1)), cutoff)
+  return jnp.where(logits < cutoff[:, None], -jnp.inf, logits)
+
+
 def _select(greedy: bool, rng: Array | None, temperature: Array, top_k: int,
             top_p: float) -> SelectFn | None:
   return None if greedy else sampler(rng, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -171,12 +272,23 @@ def causal_lm_decode(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: Array
   """`causal_lm_generate` on an already split model (no per-call graph traversal).
 
   The model must expose `init_cache(prompt_mask, max_len)`, `extend(ids [B,Q], index,
-  cache) -> (logits, cache)` and `decode_step(token, position, cache)`, as `Llama` does.
-  The prompt but its last column is prefilled in one call; the loop then feeds the last
-  column (the last real token of every left-padded row) at slot P-1, and so on.
+  cache) -> (logits, cache)` and `decode_step(token, position, cache)`, as `Llama` does
+  (see `_prefilled`).
   """
+  cache, step_fn = _prefilled(graphdef, state, prompt_ids, prompt_mask, max_new_tokens)
+  return greedy_loop(step_fn, state, cache, batch_size=prompt_ids.shape[0], max_len=max_new_tokens,
+                     eos_id=eos_id, start_id=prompt_ids[:, -1], pad_id=pad_id,
+                     start_position=prompt_ids.shape[1] - 1,
+                     select=_select(greedy, rng, temperature, top_k, top_p))
+
+
+def _prefilled(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: Array, prompt_mask: Array,
+               max_new_tokens: int) -> tuple[Any, StepFn]:
+  """The cache with the prompt but its last column prefilled in one call, and the step
+  function; the loop then feeds the last column (the last real token of every left-padded
+  row) at slot P-1, and so on."""
   model = nnx.merge(graphdef, state)
-  batch, length = prompt_ids.shape
+  length = prompt_ids.shape[1]
   cache = model.init_cache(prompt_mask, length + max_new_tokens - 1)
   if length > 1:
     _, cache = model.extend(prompt_ids[:, :-1], 0, cache)  # its logits are unused: XLA drops them
@@ -184,10 +296,33 @@ def causal_lm_decode(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: Array
   def step_fn(state, cache, token, position):
     return nnx.merge(graphdef, state).decode_step(token, position, cache)
 
-  return greedy_loop(step_fn, state, cache, batch_size=batch, max_len=max_new_tokens,
-                     eos_id=eos_id, start_id=prompt_ids[:, -1], pad_id=pad_id,
-                     start_position=length - 1,
-                     select=_select(greedy, rng, temperature, top_k, top_p))
+  return cache, step_fn
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "filter_top_k",
+                                             "filter_top_p", "top_logprobs", "pad_id"))
+def causal_lm_sample(graphdef: nnx.GraphDef, state: nnx.State, prompt_ids: Array,
+                     prompt_mask: Array, eos_id: Array, base_seed: Array, seeds: Array,
+                     sample_ids: Array, temperature: Array, top_k: Array, top_p: Array,
+                     limit: Array, *, max_new_tokens: int, filter_top_k: bool = False,
+                     filter_top_p: bool = False, top_logprobs: int | None = None,
+                     pad_id: int = 0) -> dict[str, Array]:
+  """Per-row sampled continuation of left-padded prompts (the teacher's decode), one program.
+
+  Every per-row argument is [B]: `seeds` / `sample_ids` give row r the key
+  `row_keys(base_seed, seeds, sample_ids)[r]` (so its tokens do not depend on the batch it is
+  in), `temperature` (0: greedy), `top_k` (0: off), `top_p` (1: off) and `limit` (its
+  max_tokens <= max_new_tokens) are that row's sampling parameters. `filter_top_k` /
+  `filter_top_p` (static) enable the filters for the batch (off: no vocabulary sort per
+  step). `top_logprobs` as in `decode_loop`. Returns `decode_loop`'s dict.
+  """
+  cache, step_fn = _prefilled(graphdef, state, prompt_ids, prompt_mask, max_new_tokens)
+  select = row_sampler(row_keys(base_seed, seeds, sample_ids), temperature,
+                       top_k if filter_top_k else None, top_p if filter_top_p else None)
+  return decode_loop(step_fn, state, cache, batch_size=prompt_ids.shape[0],
+                     max_len=max_new_tokens, eos_id=eos_id, start_id=prompt_ids[:, -1],
+                     pad_id=pad_id, start_position=prompt_ids.shape[1] - 1, select=select,
+                     limit=limit, top_logprobs=top_logprobs)
 
 
 def causal_lm_generate(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], prompt_ids: Array,
