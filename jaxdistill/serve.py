@@ -4,7 +4,7 @@
                                [--batch_wait_ms=10] [--name=NAME] [--seed=0] [--dtype=bfloat16]
 
 Endpoints (what `openai.OpenAI(base_url="http://HOST:PORT/v1")` calls, and `api.ApiTeacher`):
-  GET  /v1/models             the one served model (its id: --name, default the directory's basename)
+  GET  /v1/models             the one served model (its id: --name, default the directory's name, the run's for RUN/hf)
   POST /v1/completions        prompt (a string or a list of strings), n, temperature, top_p, top_k,
                               max_tokens (default 16, as OpenAI), stop, seed, logprobs (int k: the
                               chosen tokens' logprobs and the top k)
@@ -453,7 +453,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("port", 8000, "Port to bind (0: a free one).")
   flags.DEFINE_integer("max_batch", 32, "Rows (prompts x n) decoded together at most.")
   flags.DEFINE_float("batch_wait_ms", 10.0, "How long a batch waits for more requests after the first.")
-  flags.DEFINE_string("name", "", "The served model id (default: the checkpoint directory's basename).")
+  flags.DEFINE_string("name", "", "The served model id (default: the checkpoint directory's name; the run's for RUN/hf).")
   flags.DEFINE_integer("seed", 0, "The teacher's base seed (rows draw with (seed, request seed, choice)).")
   flags.DEFINE_string("dtype", "", "Activation dtype override, e.g. bfloat16 (default: float32).")
   flags.DEFINE_integer("max_tokens", 256, "Chat max_tokens when a request gives none.")

@@ -89,14 +89,7 @@ def make_teacher(teacher: ml_collections.ConfigDict, config: ml_collections.Conf
   from jaxdistill.teachers import local  # pylint: disable=g-import-not-at-top
   return local.LocalTeacher(teacher.checkpoint, mesh=partitioning.make_mesh(config.mesh),
                             rules=config.logical_axis_rules, batch_size=int(teacher.batch_size),
-                            name=teacher.name or checkpoint_name(teacher.checkpoint))
-
-
-def checkpoint_name(checkpoint: str) -> str:
-  """The directory's name, or its run's for a run's export (RUN/hf): what names the teacher."""
-  path = os.path.normpath(os.path.abspath(checkpoint))
-  name = os.path.basename(path)
-  return os.path.basename(os.path.dirname(path)) if name == "hf" else name
+                            name=teacher.name or None)
 
 
 # --------------------------------------------------------------------------- requests
@@ -268,7 +261,9 @@ def run(config: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   sampling = sampling_of(t)
   template = prompts.get_template(dataset.task, t.prompt, labels=dataset.labels)
   teacher = teacher or make_teacher(t, config)
-  chat = t.kind == "api" and t.endpoint == "chat" or t.kind == "local" and t.prompt != "student"
+  # Chat messages for chat endpoints and for a local teacher (its chat template, if any); the student
+  # template is the raw text a jaxdistill student continues.
+  chat = (t.kind == "api" and t.endpoint == "chat") or (t.kind == "local" and t.prompt != "student")
   endpoint = "chat" if chat else "completions"
   prompt_id = prompts.prompt_id(template, sampling, endpoint)
   cache = RationaleCache.create(config.data.cache_dir, source={"kind": "teacher", "task": dataset.task})

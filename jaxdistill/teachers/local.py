@@ -182,6 +182,13 @@ def default_rules():
 # --------------------------------------------------------------------------- teacher
 
 
+def checkpoint_name(checkpoint: str) -> str:
+  """The directory's name, or its run's for a run's export (RUN/hf): the teacher's default name."""
+  path = os.path.normpath(os.path.abspath(checkpoint))
+  name = os.path.basename(path)
+  return os.path.basename(os.path.dirname(path)) if name == "hf" else name
+
+
 class LocalTeacher:
   """The Teacher protocol over a local Llama-family checkpoint (see the module docstring).
 
@@ -209,7 +216,7 @@ class LocalTeacher:
     self.graphdef, self.state = nnx.split(self.model)
     self.config = self.model.config
     self.eos_ids = _eos_ids(checkpoint, self.tokenizer, self.config)
-    self.name = name or os.path.basename(os.path.normpath(checkpoint))
+    self.name = name or checkpoint_name(checkpoint)
     self.batch_size = batch_size
     self.chat_template = chat_template
     self.seed = seed
