@@ -274,7 +274,38 @@ def _missing_rationale_cause(config: ml_collections.ConfigDict, dataset, kind: s
           "interrupted import? `python -m jaxdistill.cache verify --out=DIR`)")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+@dataclasses.dataclass
+class Job:
+  """Everything a run is made of, built by `setup`; `train_loop` advances it, `finalize` ends it."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  mesh: Any
+  dataset: sources.Dataset
+  tokenizer: Any
+  student: Student
+  state: Any  # the (model, optimizer) state, sharded
+  evaluator: evaluate.Evaluator
+  rationale_coverage: dict[str, float]
+  writer: Any = None  # training only: CLU writer, train iterator, checkpoint manager
+  train_iter: Any = None
+  manager: Any = None
+  step: int = 0
+  meta: dict = dataclasses.field(default_factory=lambda: {"best_dev_accuracy": -1.0, "best_step": -1})
+
+  @property
+  def is_chief(self) -> bool:
+    return jax.process_index() == 0
+
+  @property
+  def n_params(self) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(self.student.params(self.state))))
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str, *, training: bool = True) -> Job:
+  """Config -> data, tokenizer, row shape, iterator, student, evaluator, writer and checkpoint manager,
+  resumed from the newest checkpoint. Everything a run is refused for is checked before anything is
+  written but the workdir fingerprint. `training=False` builds only what evaluation needs (the
+  student with fresh parameters, the data, the tokenizer, the Evaluator)."""
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -282,40 +313,63 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = partitioning.make_mesh(config.mesh)
   config_lib.validate_mesh(config, mesh, jax.process_count())
   logging.info("mesh: %s", partitioning.describe(mesh))
-  print(f"mesh: {partitioning.describe(mesh)}", flush=True)
+  if training:
+    print(f"mesh: {partitioning.describe(mesh)}", flush=True)
 
-  # Everything a run is refused for is checked before it writes anything but the fingerprint.
   dataset, trace_scorer = load_dataset(config)
   rationale_coverage = check_rationales(config, dataset)
   changed = workdir_lib.check(workdir, workdir_lib.fingerprint(config, dataset),
                               allow_change=bool(config.train.allow_config_change), write=is_chief)
   if changed:
     logging.warning("continuing %s with a changed config (train.allow_config_change): %s", workdir, "; ".join(changed))
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
+  writer = (metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
+            if training else None)
   tokenizer = load_tokenizer(config, dataset, workdir, save=is_chief)
   for reason, count in sorted(dataset.skipped.items()):
     logging.warning("skipped %d bad records: %s", count, reason)
   logging.info("data: %s", {k: len(v) for k, v in dataset.splits.items()})
 
-  targets = None
-  if semantic.enabled(config.objective):
-    sem = config.objective.semantic
-    targets = semantic.build_targets(
-        semantic.rationale_texts(dataset.splits["train"], dataset.rationales, config.objective.name), sem.encoder,
-        known=semantic.cache_embeddings(config.data.cache_dir, sem.encoder),
-        save_path=os.path.join(workdir, "semantic_targets.npz") if is_chief else None,
-        batch_size=int(sem.batch_size))
-    logging.info("semantic targets: %d rationale texts, %d dimensions, from %s", len(targets.index),
-                 targets.dim, sem.encoder)
+  targets = semantic_targets(config, dataset, workdir, is_chief) if training else None
   student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()),
                                  semantic_dim=targets.dim if targets else 0)
   if student.kind == "encoder" and config.objective.format != "multitask":
     raise ValueError(f"config.objective.format={config.objective.format!r} needs a generating student; "
                      f"{student_name(config.model)} is an encoder (its label comes from a classification head)")
-  n_params = sum(x.size for x in jax.tree.leaves(student.params(state)))
+  evaluator = evaluate.Evaluator(config, dataset, tokenizer, mesh, student.kind, trace_scorer=trace_scorer)
+  job = Job(config, workdir, mesh, dataset, tokenizer, student, state, evaluator, rationale_coverage, writer)
   logging.info("student %s (%s, %s): %.2fM parameters", student_name(config.model), student.spec.family,
-               student.kind, n_params / 1e6)
+               student.kind, job.n_params / 1e6)
+  if training:
+    job.train_iter = make_train_iterator(config, dataset, tokenizer, student, targets)
+    job.manager = checkpoint.make_manager(
+        os.path.join(workdir, "checkpoints"), every=config.train.checkpoint_every,
+        keep=config.train.keep_checkpoints, async_save=config.train.async_checkpointing)
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, student.shardings)
+    restored = checkpoint.restore_latest(job.manager, abstract_state, job.train_iter)
+    if restored is not None:
+      job.step, job.state, job.meta = restored
+  return job
 
+
+def semantic_targets(config: ml_collections.ConfigDict, dataset, workdir: str, is_chief: bool):
+  """PST's frozen-encoder embeddings of the training rationales (None unless the objective has a
+  semantic term), embedded once per run into WORKDIR/semantic_targets.npz."""
+  if not semantic.enabled(config.objective):
+    return None
+  sem = config.objective.semantic
+  targets = semantic.build_targets(
+      semantic.rationale_texts(dataset.splits["train"], dataset.rationales, config.objective.name), sem.encoder,
+      known=semantic.cache_embeddings(config.data.cache_dir, sem.encoder),
+      save_path=os.path.join(workdir, "semantic_targets.npz") if is_chief else None,
+      batch_size=int(sem.batch_size))
+  logging.info("semantic targets: %d rationale texts, %d dimensions, from %s", len(targets.index),
+               targets.dim, sem.encoder)
+  return targets
+
+
+def make_train_iterator(config: ml_collections.ConfigDict, dataset, tokenizer, student: Student, targets):
+  """This host's checkpointable iterator of training batches in the student's layout."""
   process_count = jax.process_count()
   logging.info("host %d of %d: reads training records %d::%d of %d examples",
                jax.process_index(), process_count, jax.process_index(), process_count,
@@ -323,7 +377,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   records = formats.records_per_epoch(dataset.splits["train"], dataset.rationales, config.objective,
                                       dataset.labels, seed=config.data.seed)
   row_source_len, row_target_len = row_shape(config.data, records(0) if callable(records) else records, tokenizer)
-  train_iter = pipeline.make_train_iterator(
+  return pipeline.make_train_iterator(
       records, tokenizer, per_host_batch_size=config.train.batch_size // process_count,
       max_source_len=row_source_len, max_target_len=row_target_len,
       truncate_source_len=config.data.max_source_len, truncate_target_len=config.data.max_target_len,
@@ -332,100 +386,105 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       batch_view=semantic.compose(targets and targets.view, students.batch_view(student.kind, tokenizer)),
       semantic_index=targets.index if targets else None)
 
-  manager = checkpoint.make_manager(
-      os.path.join(workdir, "checkpoints"), every=config.train.checkpoint_every,
-      keep=config.train.keep_checkpoints, async_save=config.train.async_checkpointing)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, student.shardings)
-  meta = {"best_dev_accuracy": -1.0, "best_step": -1}
-  restored = checkpoint.restore_latest(manager, abstract_state, train_iter)
-  start_step = 0
-  if restored is not None:
-    start_step, state, meta = restored
 
-  evaluator = evaluate.Evaluator(config, dataset, tokenizer, mesh, student.kind, trace_scorer=trace_scorer)
-  train_step = make_train_step(student, config, mesh)
+def evaluate_dev(job: Job) -> None:
+  """Dev metrics at the job's step; a new best is saved to WORKDIR/best (see checkpoint.py)."""
+  dev = job.evaluator.evaluate(job.student.model(job.state), "dev")
+  job.writer.write_scalars(job.step, _scalars("dev", dev))
+  logging.info("step %d dev: %s", job.step, dev)
+  if dev["accuracy"] > job.meta["best_dev_accuracy"]:
+    job.meta.update(best_dev_accuracy=dev["accuracy"], best_step=job.step,
+                    best_dev_rationale_perplexity=dev.get("rationale_perplexity"))
+    checkpoint.save_params(os.path.join(job.workdir, "best"), job.student.params(job.state),
+                           dict(job.meta, step=job.step))
+
+
+def train_loop(job: Job) -> bool:
+  """Trains to config.train.steps with logging, dev evaluation and checkpoints; False when it
+  stopped early on SIGTERM (after saving)."""
+  config, steps = job.config, int(job.config.train.steps)
+  train_step = make_train_step(job.student, config, job.mesh)
   preemption = checkpoint.PreemptionFlag()
-  report = periodic_actions.ReportProgress(num_train_steps=config.train.steps, writer=writer)
-  hooks = [report] if is_chief else []
-
-  def evaluate_dev(step: int) -> None:
-    dev = evaluator.evaluate(student.model(state), "dev")
-    writer.write_scalars(step, _scalars("dev", dev))
-    logging.info("step %d dev: %s", step, dev)
-    if dev["accuracy"] > meta["best_dev_accuracy"]:
-      meta.update(best_dev_accuracy=dev["accuracy"], best_step=step,
-                  best_dev_rationale_perplexity=dev.get("rationale_perplexity"))
-      checkpoint.save_params(os.path.join(workdir, "best"), student.params(state), dict(meta, step=step))
-
-  step = start_step
+  hooks = [periodic_actions.ReportProgress(num_train_steps=steps, writer=job.writer)] if job.is_chief else []
   train_metrics = []
   stopped_early = False
-  while step < config.train.steps:
-    batch = partitioning.global_batch(next(train_iter), mesh)
-    state, metrics = train_step(state, batch)
-    step += 1
+  while job.step < steps:
+    batch = partitioning.global_batch(next(job.train_iter), job.mesh)
+    job.state, metrics = train_step(job.state, batch)
+    job.step += 1
     train_metrics.append(metrics)
     for hook in hooks:
-      hook(step)
-    if step % config.train.log_every == 0 or step == config.train.steps:
+      hook(job.step)
+    if job.step % config.train.log_every == 0 or job.step == steps:
       summary = jax.tree.map(lambda *xs: float(np.mean(jax.device_get(xs))), *train_metrics)
-      writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+      job.writer.write_scalars(job.step, {f"train/{k}": v for k, v in summary.items()})
       train_metrics = []
-    if step % config.eval.every == 0 or step == config.train.steps:
-      evaluate_dev(step)
-    checkpoint.save(manager, step, state, train_iter, meta, force=step == config.train.steps)
-    poll = process_count == 1 or step % config.train.checkpoint_every == 0
-    if poll and preemption.should_stop() and step < config.train.steps:
-      checkpoint.save(manager, step, state, train_iter, meta, force=True)
+    if job.step % config.eval.every == 0 or job.step == steps:
+      evaluate_dev(job)
+    checkpoint.save(job.manager, job.step, job.state, job.train_iter, job.meta, force=job.step == steps)
+    poll = jax.process_count() == 1 or job.step % config.train.checkpoint_every == 0
+    if poll and preemption.should_stop() and job.step < steps:
+      checkpoint.save(job.manager, job.step, job.state, job.train_iter, job.meta, force=True)
       stopped_early = True
       break
-  manager.wait_until_finished()
-  manager.close()
+  job.manager.wait_until_finished()
+  job.manager.close()
   preemption.restore_handler()
   if stopped_early:
-    writer.flush()
-    logging.warning("Stopped at step %d on SIGTERM; run the same command to resume.", step)
-    return {"steps": step, "preempted": True}
+    job.writer.flush()
+    logging.warning("Stopped at step %d on SIGTERM; run the same command to resume.", job.step)
+  return not stopped_early
 
-  logging.info("parameter fingerprint (process %d): %s", jax.process_index(), _fingerprint(student.params(state)))
-  if meta["best_step"] < 0:  # resumed after the final save but before the final eval: redo it
-    evaluate_dev(step)
-  best_dir = os.path.join(workdir, "best")
-  restored_best = checkpoint.restore_params(
-      best_dir, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                             student.params(state)), step=meta["best_step"])
-  if restored_best is None:
-    raise FileNotFoundError(f"{best_dir}: the best-on-dev model of step {meta['best_step']} is missing "
-                            "(deleted by hand?); rerun in a new --workdir")
-  best_model = student.model(state)
-  nnx.update(best_model, restored_best[0])
+
+def restore_best_params(job: Job) -> nnx.Module:
+  """The job's student with the parameters of its best-on-dev step (meta["best_step"])."""
+  best_dir = os.path.join(job.workdir, "best")
+  params = job.student.params(job.state)
+  restored = checkpoint.restore_params(
+      best_dir, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params),
+      step=job.meta["best_step"] if job.meta["best_step"] >= 0 else None)
+  if restored is None:
+    raise FileNotFoundError(f"{best_dir}: the best-on-dev model of step {job.meta['best_step']} is missing "
+                            "(has the run finished? deleted by hand?); rerun in a new --workdir")
+  model = job.student.model(job.state)
+  nnx.update(model, restored[0])
+  return model
+
+
+def finalize(job: Job) -> dict:
+  """Restores the best-on-dev model, tests it once, exports it and writes metrics.json."""
+  config, dataset = job.config, job.dataset
+  logging.info("parameter fingerprint (process %d): %s", jax.process_index(),
+               _fingerprint(job.student.params(job.state)))
+  if job.meta["best_step"] < 0:  # resumed after the final save but before the final eval: redo it
+    evaluate_dev(job)
+  best_model = restore_best_params(job)
   has_test = "test" in dataset.splits
-  test = evaluator.evaluate(best_model, "test") if has_test else {}  # once, on the best-on-dev model
+  test = job.evaluator.evaluate(best_model, "test") if has_test else {}  # once, on the best-on-dev model
   if has_test:
-    writer.write_scalars(step, _scalars("test", test))
+    job.writer.write_scalars(job.step, _scalars("test", test))
   else:
     logging.warning("%s has no test split: metrics.json reports test_accuracy=null", config.data.source)
-  writer.flush()
-  decode_timing = evaluator.measure_decode(best_model, "test") if config.eval.measure_decode and has_test else None
-  if config.train.export_hf and is_chief:
-    export_hf(best_model, student.kind, tokenizer, os.path.join(workdir, "hf"))
+  job.writer.flush()
+  decode_timing = job.evaluator.measure_decode(best_model, "test") if config.eval.measure_decode and has_test else None
+  if config.train.export_hf and job.is_chief:
+    export_hf(best_model, job.student.kind, job.tokenizer, os.path.join(job.workdir, "hf"))
 
   result = {
       "setting": config.name,
       "objective": config.objective.name,
-      "steps": step,
-      "best_step": meta["best_step"],
-      "dev_accuracy": meta["best_dev_accuracy"],
-      "dev_rationale_perplexity": meta.get("best_dev_rationale_perplexity"),
+      "steps": job.step,
+      "best_step": job.meta["best_step"],
+      "dev_accuracy": job.meta["best_dev_accuracy"],
+      "dev_rationale_perplexity": job.meta.get("best_dev_rationale_perplexity"),
       "test_accuracy": test.get("accuracy"),  # null when the data has no test split
       "test_rationale_perplexity": test.get("rationale_perplexity"),
       "data": {"source": config.data.source, "task": dataset.task,
                **{f"{k}_examples": len(v) for k, v in dataset.splits.items()},
-               "skipped": dict(dataset.skipped), "rationale_coverage": rationale_coverage},
-      "model": {"student": student_name(config.model), "family": student.spec.family, "kind": student.kind,
-                "parameters": int(n_params)},
-      "mesh": dict(mesh.shape),
+               "skipped": dict(dataset.skipped), "rationale_coverage": job.rationale_coverage},
+      "model": {"student": student_name(config.model), "family": job.student.spec.family,
+                "kind": job.student.kind, "parameters": job.n_params},
+      "mesh": dict(job.mesh.shape),
       "format": config.objective.format,
       "rationale_loss": config.objective.rationale_loss if semantic.enabled(config.objective) else "token",
   }
@@ -433,28 +492,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result["traces"] = test["traces"]
   if decode_timing:
     result["decode"] = decode_timing
-  if is_chief:
-    _write_metrics_json(workdir, result)
+  if job.is_chief:
+    _write_metrics_json(job.workdir, result)
   test_text = "none (no test split)" if test.get("accuracy") is None else f"{test['accuracy']:.4f}"
   print(f"{config.name}: dev_accuracy={result['dev_accuracy']:.4f} "
-        f"test_accuracy={test_text} (steps={step}, workdir={workdir})", flush=True)
+        f"test_accuracy={test_text} (steps={job.step}, workdir={job.workdir})", flush=True)
   return result
 
 
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """The whole job: `setup`, `train_loop`, `finalize` (resumable: see the module docstring)."""
+  job = setup(config, workdir)
+  if not train_loop(job):
+    return {"steps": job.step, "preempted": True}
+  return finalize(job)
 
 
 def restore_best(config: ml_collections.ConfigDict, workdir: str) -> tuple[nnx.Module, evaluate.Evaluator]:
   """The best-on-dev student of a finished run in `workdir` and an Evaluator of its data, rebuilt
   from `config` (the run's own), e.g. to re-measure or re-evaluate a run without training again."""
-  workdir = os.path.abspath(workdir)
-  mesh = partitioning.make_mesh(config.mesh)
-  dataset, trace_scorer = load_dataset(config)
-  tokenizer = load_tokenizer(config, dataset, workdir)
-  student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()))
-  model = student.model(state)
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), nnx.state(model))
-  restored = checkpoint.restore_params(os.path.join(workdir, "best"), abstract)
-  if restored is None:
-    raise FileNotFoundError(f"{workdir}/best: no best-on-dev checkpoint (has the run finished?)")
-  nnx.update(model, restored[0])
-  return model, evaluate.Evaluator(config, dataset, tokenizer, mesh, student.kind, trace_scorer=trace_scorer)
+  job = setup(config, workdir, training=False)
+  return restore_best_params(job), job.evaluator
