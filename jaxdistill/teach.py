@@ -31,6 +31,7 @@ import ml_collections
 from absl import app, logging
 from ml_collections import config_flags
 
+from jaxdistill import config as config_lib
 from jaxdistill import files, runtime
 from jaxdistill.data import sources
 from jaxdistill.data.cache import RationaleCache
@@ -52,6 +53,7 @@ def sampling_of(teacher: ml_collections.ConfigDict) -> base.Sampling:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
+  config_lib.validate(config)  # the data keys, as training checks them
   t = config.teacher
   if t.kind not in KINDS:
     raise ConfigError(f"config.teacher.kind={t.kind!r}: expected one of {', '.join(KINDS)}")
