@@ -4,7 +4,7 @@
   python -m jaxdistill.main --config=configs/traces.py:incorrect      # variant: none | correct | incorrect | mixed
   python scripts/traces_comparison.py --workdir=runs/traces_comparison   # all four + report
 
-Variants (jaxdistill/traces.py):
+Variants (jaxdistill/traces/experiment.py):
   none       answer only (objective baseline): the no-trace baseline
   correct    "<gold trace> Answer: <label>" (objective cot, format rationale_answer)
   incorrect  the same with `traces.corrupt_step` wrong in a `traces.corrupt_rate` fraction of the

@@ -20,7 +20,7 @@ from jax.experimental import multihost_utils
 
 from jaxdistill import partitioning
 from jaxdistill.data import formats, pipeline
-from jaxdistill.models import decode, students
+from jaxdistill.models import decode
 from jaxdistill.objectives import losses
 
 
@@ -71,7 +71,7 @@ class Evaluator:
     batch_size = int(config.eval.batch_size)
     limit = int(config.data.max_eval_examples)
     self.examples, self.label_batches, self.rationale_batches = {}, {}, {}
-    view = students.batch_view(kind, tokenizer)
+    view = pipeline.batch_view(kind, tokenizer)
     for split in ("dev", "test"):
       examples = list(dataset.splits.get(split, []))
       if limit >= 0:

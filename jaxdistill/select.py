@@ -22,7 +22,7 @@ Scoring. "question alone" is `formats.label_record(ex)`; "question + rationale" 
 record of the same example with one more input field, `rationale`. A record's NLL is the mean
 token cross-entropy over the gold answer's tokens (EOS included). Records are batched one per row
 (`pipeline.make_eval_batches`), placed as global arrays over the mesh and scored by one jitted
-function; decoder-only students read them through `students.batch_view`. The scorer is either an
+function; decoder-only students read them through `pipeline.batch_view`. The scorer is either an
 existing run (select.scorer.workdir: its exported WORKDIR/hf and tokenizer) or, by default,
 warm-up "readers" cross-fitted over select.scorer.folds: fold f's reader is trained on the other
 folds' examples (plain and with each candidate rationale as input, labelled as below) and scores fold
@@ -265,7 +265,7 @@ def record_nll(scorer: Scorer, records: Sequence[formats.Seq2SeqRecord]) -> np.n
     raise ValueError(f"config.select.scorer.score_batch_size={scorer.batch_size} is not divisible by the "
                      f"{data_devices} data-parallel devices of the mesh")
   out = np.full(len(records), np.nan, np.float64)
-  view = students.batch_view(scorer.kind, scorer.tokenizer)
+  view = pipeline.batch_view(scorer.kind, scorer.tokenizer)
   for batch, index in pipeline.make_eval_batches(records, scorer.tokenizer, scorer.batch_size,
                                                  scorer.max_source_len, scorer.max_target_len):
     total, tokens = _row_nll(scorer.model, evaluate.to_global(view(batch) if view else batch, scorer.mesh))

@@ -383,7 +383,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, dataset, tokenizer, s
       truncate_source_len=config.data.max_source_len, truncate_target_len=config.data.max_target_len,
       packing=config.data.packing, packer=config.data.packer, seed=config.data.seed,
       process_index=jax.process_index(), process_count=process_count,
-      batch_view=semantic.compose(targets and targets.view, students.batch_view(student.kind, tokenizer)),
+      batch_view=semantic.compose(targets and targets.view, pipeline.batch_view(student.kind, tokenizer)),
       semantic_index=targets.index if targets else None)
 
 
@@ -488,7 +488,7 @@ def finalize(job: Job) -> dict:
       "format": config.objective.format,
       "rationale_loss": config.objective.rationale_loss if semantic.enabled(config.objective) else "token",
   }
-  if "traces" in test:  # trace runs: per-step accuracy, trace x answer table, phi (jaxdistill/traces.py)
+  if "traces" in test:  # trace runs: per-step accuracy, trace x answer table, phi (jaxdistill/traces/)
     result["traces"] = test["traces"]
   if decode_timing:
     result["decode"] = decode_timing

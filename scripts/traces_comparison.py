@@ -29,6 +29,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from jaxdistill import report, runtime, train, traces  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxdistill.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", os.path.join(REPO, "configs", "traces.py"),
                                           "Base config of every variant.")
@@ -63,6 +64,7 @@ def row(name: str, metrics: dict) -> dict:
   description of what it trained on (every number from metrics.json)."""
   block = metrics.get("traces", {})
   trained = block.get("training", {})
+  sources.source_module(metrics["data"]["source"])  # registers the task's decomposer (a run read from disk loaded no data)
   decomposer = traces.decomposer_for(metrics["data"]["task"])
   step = {kind: (block.get("step_accuracy") or {}).get(n) for n, kind in decomposer.specs}
   if name == "none":

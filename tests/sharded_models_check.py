@@ -28,7 +28,7 @@ def batch_for(kind: str) -> dict[str, np.ndarray]:
   feats = [pipeline.tokenize_record(r, TOK, 32, 16) for r in records]
   rows = [pipeline._pack_row(feats[i:i + 2], 48, 32, TOK.pad_id) for i in range(0, 8, 2)]
   batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-  view = students.batch_view(kind, TOK)
+  view = pipeline.batch_view(kind, TOK)
   return view(batch) if view else batch
 
 

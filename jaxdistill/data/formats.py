@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from jaxdistill.data.examples import Example, Rationale
-from jaxdistill.data.sources import cfg_get
+from jaxdistill.data.sources.common import cfg_get
 
 LABEL = 0
 RATIONALE = 1

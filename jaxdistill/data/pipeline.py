@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import threading
 import weakref
 from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
@@ -612,6 +613,15 @@ def causal_lm_rows(batch: Batch, pad_id: int, eos_id: int) -> Batch:
     if key in batch:  # per record, not per token: segment k keeps its number, so these carry over
       out[key] = batch[key]
   return out
+
+
+def batch_view(kind: str, tokenizer: Tokenizer) -> Callable[[Batch], Batch] | None:
+  """What turns the pipeline's seq2seq batch into the layout a kind of student (models/students.py
+  KINDS: seq2seq | encoder | decoder) reads (host-side numpy; picklable for grain), or None when the
+  student reads it as it is. Here, not in models/, because it is batch layout: models never import data."""
+  if kind == "decoder":
+    return functools.partial(causal_lm_rows, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+  return None
 
 
 def left_padded_prompts(batch: Batch, pad_id: int, eos_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,23 +8,19 @@
 `config.model.preset` names a shape (PRESETS; a random init), `config.model.checkpoint` a local
 Hugging Face directory whose config.json decides the family and shape and whose weights are loaded
 (for encoder students, into the encoder; the heads start from scratch). Every kind reads the
-pipeline's seq2seq batch: decoder students see it through `pipeline.causal_lm_rows`.
+pipeline's seq2seq batch: decoder students see it through `pipeline.batch_view` (causal-LM rows).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from jaxdistill.data import pipeline
 from jaxdistill.models import heads as heads_lib
 from jaxdistill.models import hf
 
@@ -146,11 +142,3 @@ def load_checkpoint(s: Spec, model: nnx.Module) -> None:
   """Loads `s.checkpoint` into `model` in place (encoder students: into the encoder)."""
   if s.checkpoint:
     hf.load_weights(model.encoder if s.kind == "encoder" else model, s.checkpoint)
-
-
-def batch_view(kind: str, tokenizer) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
-  """What turns the pipeline's seq2seq batch into the layout a kind of student reads (host-side
-  numpy; picklable for grain), or None when the student reads it as it is."""
-  if kind == "decoder":
-    return functools.partial(pipeline.causal_lm_rows, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
-  return None

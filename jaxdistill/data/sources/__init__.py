@@ -1,22 +1,20 @@
 """Data sources: each turns some on-disk or hub format into `Example`s (DESIGN §2).
 
 Every source module exposes `load(config_data) -> Dataset`; `load_dataset` picks one
-by `config_data.source`. The helpers here (error policy, dev split-off, grouping
-rationales) are shared so that every source follows the same rules for bad records
-and for carving a dev split out of training data.
+by `config_data.source`. The helpers every source shares (error policy, dev split-off, grouping
+rationales) live in common.py and are re-exported here.
 """
 
 from __future__ import annotations
 
-import codecs
-import collections
-import dataclasses
 import importlib
-import logging
-import os
-from typing import Any, Iterable, Mapping, Sequence
+import types
 
-from jaxdistill.data.examples import LABEL_SETS, DataError, Example, Rationale
+# Re-exported: callers outside the sources read these from the package.
+from jaxdistill.data.sources.common import (ON_ERROR, Dataset, ErrorPolicy, bad_record, cached_rationales,
+                                            cap_train, cfg_get, check_utf8_file, decode_utf8, esnli_dataset,
+                                            group_rationales, merge_skipped, relabel_split, require_examples,
+                                            split_off_dev)
 
 SOURCES = {
     "demo": "jaxdistill.data.sources.demo",
@@ -29,17 +27,6 @@ SOURCES = {
     "msmarco": "jaxdistill.data.sources.msmarco",
 }
 
-ON_ERROR = ("raise", "skip")
-
-
-@dataclasses.dataclass
-class Dataset:
-  task: str
-  splits: dict[str, list[Example]]  # "train" and "dev" always; "test" only when the data has test examples
-  rationales: dict[str, list[Rationale]]  # example_id -> teacher rationales (may be empty)
-  labels: tuple[str, ...] | None  # label set for classification tasks
-  skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # bad records by reason
-
 
 def load_dataset(config_data) -> Dataset:
   """Dispatches on `config_data.source`; modules are imported lazily (tfds/HF are heavy)."""
@@ -47,157 +34,20 @@ def load_dataset(config_data) -> Dataset:
   if source not in SOURCES:
     raise ValueError(f"config.data.source={source!r}: unknown source (expected one of {sorted(SOURCES)})")
   ErrorPolicy(cfg_get(config_data, "on_error", "raise"))  # refused for every source, also those never skipping
-  dataset = importlib.import_module(SOURCES[source]).load(config_data)
+  dataset = source_module(source).load(config_data)
   if not dataset.splits.get("test"):
     dataset.splits.pop("test", None)  # no test examples (e.g. num_test=0): no test split
   return dataset
 
 
-def cfg_get(config_data, name: str, default: Any = None) -> Any:
-  """Reads an optional field from a ConfigDict, a dict or any object (missing -> default)."""
-  if config_data is None:
-    return default
-  if isinstance(config_data, Mapping):
-    return config_data.get(name, default)
-  try:
-    return getattr(config_data, name)
-  except (AttributeError, KeyError):
-    return default
-
-
-def bad_record(reason: str, message: str) -> DataError:
-  """A DataError tagged with a short reason, the key used in `Dataset.skipped`."""
-  err = DataError(message)
-  err.reason = reason  # type: ignore[attr-defined]
-  return err
-
-
-class ErrorPolicy:
-  """Raises bad-record errors (on_error="raise") or counts them by reason ("skip").
-
-  Skipped records are logged and counted, never dropped silently.
-  """
-
-  def __init__(self, on_error: str = "raise"):
-    if on_error not in ON_ERROR:
-      raise ValueError(f"config.data.on_error={on_error!r}: expected one of {list(ON_ERROR)}")
-    self.on_error = on_error
-    self.skipped: collections.Counter[str] = collections.Counter()
-
-  def handle(self, err: DataError, count: int = 1) -> None:
-    if self.on_error == "raise":
-      raise err
-    reason = getattr(err, "reason", "bad_record")
-    self.skipped[reason] += count
-    logging.warning("skipping bad record (%s): %s", reason, err)
-
-  def as_dict(self) -> dict[str, int]:
-    return dict(sorted(self.skipped.items()))
-
-
-def decode_utf8(data: bytes, name: str, first_line: int = 1) -> str:
-  """The text of `data`, bytes of file `name` from line `first_line` on; a bad record naming the file
-  and the line of the first byte that is not UTF-8 otherwise."""
-  try:
-    return data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = first_line + data.count(b"\n", 0, e.start)
-    raise bad_record("invalid_utf8", f"{name}:{line}: invalid UTF-8 (byte {data[e.start]:#04x}); "
-                                     "save the file as UTF-8") from None
-
-
-def check_utf8_file(path: str, chunk_size: int = 1 << 24) -> None:
-  """A DataError naming `path` and the line of its first byte that is not UTF-8. For text files
-  handed to a library (HF `datasets`), whose own error names neither file nor line."""
-  decoder = codecs.getincrementaldecoder("utf-8")()
-  newlines = 0
-  with open(path, "rb") as f:
-    while True:
-      chunk = f.read(chunk_size)
-      try:
-        decoder.decode(chunk, final=not chunk)
-      except UnicodeDecodeError as e:
-        # e.object: the chunk after the previous one's unfinished character (never a newline).
-        decode_utf8(e.object, os.path.basename(path), first_line=newlines + 1)  # raises, naming the line
-        raise
-      if not chunk:
-        return
-      newlines += chunk.count(b"\n")
-
-
-def require_examples(examples: Sequence[Example], path: str, records: int, skipped: Mapping[str, int]) -> None:
-  """A DataError when a split file yields no examples (empty, or every record skipped): an empty
-  split would train or score on nothing."""
-  if examples:
-    return
-  reasons = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
-  raise DataError(f"{path} has no examples" + (f" ({records} records skipped: {reasons})" if records else ""))
-
-
-def merge_skipped(*counts: Mapping[str, int]) -> dict[str, int]:
-  total: collections.Counter[str] = collections.Counter()
-  for c in counts:
-    total.update(c)
-  return dict(sorted(total.items()))
-
-
-def split_off_dev(examples: Sequence[Example], dev_size: int, where: str
-                  ) -> tuple[list[Example], list[Example]]:
-  """(all but the last dev_size, the last dev_size): the dev rule of INTERFACES.md."""
-  examples = list(examples)
-  if dev_size <= 0:
-    return examples, []
-  if dev_size >= len(examples):
-    raise ValueError(
-        f"{where}: dev_size={dev_size} leaves no training examples (only {len(examples)} records); "
-        f"set a smaller config.data.dev_size")
-  return examples[:-dev_size], examples[-dev_size:]
-
-
-def cap_train(examples: list[Example], max_train_examples: int) -> list[Example]:
-  if max_train_examples is not None and max_train_examples >= 0:
-    return examples[:max_train_examples]
-  return examples
-
-
-def group_rationales(rationales: Iterable[Rationale], keep_ids: Iterable[str] | None = None
-                     ) -> dict[str, list[Rationale]]:
-  """example_id -> rationales sorted by (teacher, prompt_id, sample_index)."""
-  keep = set(keep_ids) if keep_ids is not None else None
-  out: dict[str, list[Rationale]] = collections.defaultdict(list)
-  for r in rationales:
-    if keep is None or r.example_id in keep:
-      out[r.example_id].append(r)
-  for rs in out.values():
-    rs.sort(key=lambda r: (r.teacher, r.prompt_id, r.sample_index))
-  return dict(out)
-
-
-def cached_rationales(config_data, example_ids: Iterable[str]) -> dict[str, list[Rationale]] | None:
-  """Rationales for `example_ids` from config.data.cache_dir; None when no cache_dir is set."""
-  cache_dir = cfg_get(config_data, "cache_dir", "") or ""
-  if not cache_dir:
-    return None
-  from jaxdistill.data.cache import RationaleCache  # pylint: disable=g-import-not-at-top
-  ids = set(example_ids)
-  return group_rationales(RationaleCache.open(cache_dir).read_rationales(example_ids=ids), ids)
-
-
-def relabel_split(examples: Iterable[Example], split: str) -> list[Example]:
-  """Sets `Example.split` to the split the example is used in (train/dev/test)."""
-  return [ex if ex.split == split else dataclasses.replace(ex, split=split) for ex in examples]
+def source_module(source: str) -> types.ModuleType:
+  """The module of source `source` (a SOURCES key), imported on first use. Importing a trace source
+  (babi, cotemp, msmarco) also registers its task's decomposer (traces.decomposer_for)."""
+  return importlib.import_module(SOURCES[source])
 
 
 __all__ = [
-    "Dataset", "load_dataset", "cfg_get", "bad_record", "ErrorPolicy", "decode_utf8", "check_utf8_file",
-    "require_examples", "merge_skipped", "split_off_dev", "cap_train", "group_rationales", "cached_rationales",
-    "relabel_split", "SOURCES",
+    "Dataset", "load_dataset", "source_module", "SOURCES", "ON_ERROR", "cfg_get", "bad_record", "ErrorPolicy",
+    "decode_utf8", "check_utf8_file", "require_examples", "merge_skipped", "split_off_dev", "cap_train",
+    "group_rationales", "cached_rationales", "relabel_split", "esnli_dataset",
 ]
-
-
-def esnli_dataset(config_data, splits: dict[str, list[Example]], policy: ErrorPolicy) -> Dataset:
-  """The e-SNLI Dataset of the tfds / HF loaders: teacher rationales only come from a cache."""
-  ids = [ex.id for exs in splits.values() for ex in exs]
-  return Dataset(task="esnli", splits=splits, rationales=cached_rationales(config_data, ids) or {},
-                 labels=LABEL_SETS["esnli"], skipped=policy.as_dict())
-

@@ -31,9 +31,10 @@ import random
 import re
 from typing import Any, Sequence
 
-from jaxdistill import traces
 from jaxdistill.data.examples import Example, Rationale
-from jaxdistill.data.sources import Dataset, cfg_get
+from jaxdistill.data.sources.common import Dataset, cfg_get
+from jaxdistill.traces.decomposers import Decomposer, register, trace_rationale
+from jaxdistill.traces.steps import ANSWER, CLASSIFICATION, RETRIEVAL, Step
 
 TASK = "babi"
 PEOPLE = ("Mary", "John", "Sandra", "Daniel")
@@ -273,7 +274,7 @@ def generate(seed: int = 0, *, num_train: int = DEFAULTS["num_train"], num_dev: 
       ex = Example(id=f"{TASK}-{split}-{len(out):05d}", task=TASK, inputs=inputs, label=label, split=split)
       out.append(ex)
       steps = DECOMPOSER.steps({"type": kind, "facts": support, "answer": label})
-      rationales[ex.id] = [traces.trace_rationale(ex, steps, DECOMPOSER.prompt_id)]
+      rationales[ex.id] = [trace_rationale(ex, steps, DECOMPOSER.prompt_id)]
     splits[split] = out
   return Dataset(task=TASK, splits={k: splits[k] for k in ("train", "dev", "test")}, rationales=rationales,
                  labels=LABELS, skipped={})
@@ -294,13 +295,13 @@ def load(config_data: Any) -> Dataset:
 
 # --------------------------------------------------------------------------- decomposition
 
-class BabiDecomposer(traces.Decomposer):
+class BabiDecomposer(Decomposer):
   """type (which bAbI question kind) -> facts (the supporting facts' numbers) -> answer.
 
   Gold steps come from the text alone: parse the facts and the question, replay, answer."""
 
   task = TASK
-  specs = (("type", traces.CLASSIFICATION), ("facts", traces.RETRIEVAL), ("answer", traces.ANSWER))
+  specs = (("type", CLASSIFICATION), ("facts", RETRIEVAL), ("answer", ANSWER))
   classes = KINDS
 
   def num_items(self, example: Example) -> int:
@@ -315,7 +316,7 @@ class BabiDecomposer(traces.Decomposer):
     solved = answer(replay(events), question)
     return (question, *solved) if solved else None
 
-  def gold(self, example: Example, rationales: Sequence[Rationale] = ()) -> list[traces.Step] | None:
+  def gold(self, example: Example, rationales: Sequence[Rationale] = ()) -> list[Step] | None:
     solved = self.solve(example)
     if solved is None:
       return None
@@ -323,4 +324,4 @@ class BabiDecomposer(traces.Decomposer):
     return self.steps({"type": question[0], "facts": support, "answer": label})
 
 
-DECOMPOSER = BabiDecomposer()
+DECOMPOSER = register(BabiDecomposer())  # traces.decomposer_for(task) finds it once this module is loaded

@@ -11,7 +11,7 @@ The benchmark has no train/dev/test split: the rows are shuffled with `config.da
 (`max_train_examples` caps it).
 
 Example: inputs {"context": "[1] fact [2] fact ...", "question"}, label = the answers joined by
-" and ". Its trace (jaxdistill/traces.py), written by rule:
+" and ". Its trace (jaxdistill/traces/), written by rule:
   relation  the co-temporal scenario (an annotation: not recomputable from the text, so the gold
             trace travels as the "rule" rationale and evaluation reads it from there)
   facts     the facts the answer rests on: the fact the question's "While ..." clause describes
@@ -29,10 +29,11 @@ import random
 import re
 from typing import Any, Mapping, Sequence
 
-from jaxdistill import traces
 from jaxdistill.data.examples import DataError, Example
-from jaxdistill.data.sources import (Dataset, ErrorPolicy, bad_record, cfg_get, check_utf8_file, merge_skipped,
-                                     relabel_split)
+from jaxdistill.data.sources.common import (Dataset, ErrorPolicy, bad_record, cfg_get, check_utf8_file, merge_skipped,
+                                            relabel_split)
+from jaxdistill.traces.decomposers import Decomposer, register, trace_rationale
+from jaxdistill.traces.steps import ANSWER, CLASSIFICATION, RETRIEVAL, Step, count_items, number_items
 
 TASK = "cotemp"
 DEFAULT_NAME = "Warrieryes/CotempQA"
@@ -75,7 +76,7 @@ def support_facts(question: str, facts: Sequence[str], answers: Sequence[str]) -
 
 
 def example_from_row(row: Mapping[str, Any], scenario: str, split: str, index: int, where: str
-                     ) -> tuple[Example, list[traces.Step]] | None:
+                     ) -> tuple[Example, list[Step]] | None:
   """One row -> (Example, gold steps); None for a row without answer or facts; DataError when malformed."""
   question = row.get("question")
   if not isinstance(question, str) or not question.strip():
@@ -93,7 +94,7 @@ def example_from_row(row: Mapping[str, Any], scenario: str, split: str, index: i
     return None
   row_id = index if row.get("index") is None else row["index"]
   ex = Example(id=f"{TASK}-{scenario}-{row_id}", task=TASK,
-               inputs={"context": traces.number_items(facts), "question": " ".join(question.split())},
+               inputs={"context": number_items(facts), "question": " ".join(question.split())},
                label=ANSWER_JOIN.join(answers), split=split)
   steps = DECOMPOSER.steps({"relation": scenario, "facts": support_facts(question, facts, answers),
                             "answer": ex.label})
@@ -136,7 +137,7 @@ def _load_rows(config_data) -> dict[str, tuple[Any, str]]:
 def load(config_data) -> Dataset:
   policy = ErrorPolicy(cfg_get(config_data, "on_error", "raise"))
   unusable = 0
-  rows: list[tuple[Example, list[traces.Step]]] = []
+  rows: list[tuple[Example, list[Step]]] = []
   for hf_split, (split_rows, where) in sorted(_load_rows(config_data).items()):
     for i, row in enumerate(split_rows):
       row = dict(row)
@@ -170,20 +171,20 @@ def load(config_data) -> Dataset:
   for split in ("train", "dev", "test"):
     splits[split] = relabel_split([ex for ex, _ in parts[split]], split)
     for ex, steps in zip(splits[split], (s for _, s in parts[split])):
-      rationales[ex.id] = [traces.trace_rationale(ex, steps, DECOMPOSER.prompt_id)]
+      rationales[ex.id] = [trace_rationale(ex, steps, DECOMPOSER.prompt_id)]
   return Dataset(task=TASK, splits=splits, rationales=rationales, labels=None,
                  skipped=merge_skipped(policy.as_dict(), {"no_answer": unusable} if unusable else {}))
 
 
-class CoTempDecomposer(traces.Decomposer):
+class CoTempDecomposer(Decomposer):
   """relation (the co-temporal scenario) -> facts (supporting fact numbers) -> answer."""
 
   task = TASK
-  specs = (("relation", traces.CLASSIFICATION), ("facts", traces.RETRIEVAL), ("answer", traces.ANSWER))
+  specs = (("relation", CLASSIFICATION), ("facts", RETRIEVAL), ("answer", ANSWER))
   classes = SCENARIOS
 
   def num_items(self, example: Example) -> int:
-    return traces.count_items(example.inputs.get("context", ""))
+    return count_items(example.inputs.get("context", ""))
 
 
-DECOMPOSER = CoTempDecomposer()
+DECOMPOSER = register(CoTempDecomposer())  # traces.decomposer_for(task) finds it once this module is loaded

@@ -22,7 +22,7 @@ import random
 from typing import Any
 
 from jaxdistill.data.examples import ESNLI_LABELS, Example, Rationale
-from jaxdistill.data.sources import Dataset, cached_rationales, cap_train, cfg_get
+from jaxdistill.data.sources.common import Dataset, cached_rationales, cap_train, cfg_get
 
 TASK = "demo"
 LABELS = ESNLI_LABELS  # entailment, neutral, contradiction

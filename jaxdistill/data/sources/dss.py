@@ -41,9 +41,9 @@ import re
 from typing import Any, Mapping, Sequence
 
 from jaxdistill.data.examples import DataError, Example, LABEL_SETS, Rationale
-from jaxdistill.data.sources import (Dataset, ErrorPolicy, bad_record, cap_train, cfg_get, decode_utf8,
-                                     group_rationales, merge_skipped, relabel_split, require_examples,
-                                     split_off_dev)
+from jaxdistill.data.sources.common import (Dataset, ErrorPolicy, bad_record, cap_train, cfg_get, decode_utf8,
+                                            group_rationales, merge_skipped, relabel_split, require_examples,
+                                            split_off_dev)
 from jaxdistill.teachers import parsers
 # Parsing lives in teachers/parsers.py (every teacher is read alike); these names stay importable here.
 from jaxdistill.teachers.parsers import (NLI_LABELS, NLI_TASKS, Parsed, choice_list, cut_completion,

@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from jaxdistill.data.examples import DataError, Example
-from jaxdistill.data.sources import Dataset, ErrorPolicy, cfg_get, check_utf8_file, esnli_dataset, relabel_split
+from jaxdistill.data.sources.common import Dataset, ErrorPolicy, cfg_get, check_utf8_file, esnli_dataset, relabel_split
 from jaxdistill.data.sources.dss import nli_example
 
 DEFAULT_NAME = "esnli"

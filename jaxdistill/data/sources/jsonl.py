@@ -27,9 +27,9 @@ import os
 from typing import Any, Mapping
 
 from jaxdistill.data.examples import DataError, Example, LABEL_SETS, Rationale, check_label
-from jaxdistill.data.sources import (Dataset, ErrorPolicy, bad_record, cached_rationales, cap_train,
-                                     cfg_get, decode_utf8, group_rationales, relabel_split, require_examples,
-                                     split_off_dev)
+from jaxdistill.data.sources.common import (Dataset, ErrorPolicy, bad_record, cached_rationales, cap_train,
+                                            cfg_get, decode_utf8, group_rationales, relabel_split, require_examples,
+                                            split_off_dev)
 
 SPLITS = ("train", "dev", "test")
 RESERVED = ("id", "task", "inputs", "label", "human_explanations", "rationales", "split")

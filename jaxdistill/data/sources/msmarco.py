@@ -25,11 +25,12 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from jaxdistill import traces
 from jaxdistill.data.examples import DataError, Example
-from jaxdistill.data.sources import (Dataset, ErrorPolicy, bad_record, cfg_get, merge_skipped, relabel_split,
-                                     split_off_dev)
+from jaxdistill.data.sources.common import (Dataset, ErrorPolicy, bad_record, cfg_get, merge_skipped, relabel_split,
+                                            split_off_dev)
 from jaxdistill.data.sources.hf_esnli import local_data_files
+from jaxdistill.traces.decomposers import Decomposer, register, trace_rationale
+from jaxdistill.traces.steps import ANSWER, CLASSIFICATION, RETRIEVAL, Step, count_items, number_items
 
 TASK = "msmarco"
 DEFAULT_NAME = "ms_marco:v2.1"
@@ -38,7 +39,7 @@ NO_ANSWER = "no answer present."
 
 
 def example_from_row(row: Mapping[str, Any], split: str, index: int, where: str
-                     ) -> tuple[Example, list[traces.Step]] | None:
+                     ) -> tuple[Example, list[Step]] | None:
   """One row -> (Example, gold steps); None for a row without answer or selected passage."""
   query = row.get("query")
   if not isinstance(query, str) or not query.strip():
@@ -60,7 +61,7 @@ def example_from_row(row: Mapping[str, Any], split: str, index: int, where: str
   if not answers or answers[0].lower() == NO_ANSWER or not chosen:
     return None
   ex = Example(id=f"{TASK}-{row.get('query_id', index)}", task=TASK,
-               inputs={"question": " ".join(query.split()), "passages": traces.number_items(texts)},
+               inputs={"question": " ".join(query.split()), "passages": number_items(texts)},
                label=answers[0], split=split)
   return ex, DECOMPOSER.steps({"type": query_type, "passages": chosen, "answer": ex.label})
 
@@ -89,7 +90,7 @@ def load(config_data) -> Dataset:
   if limits["train"] >= 0:
     limits["train"] += max(dev_size, 0)
   unusable = 0
-  read: dict[str, list[tuple[Example, list[traces.Step]]]] = {}
+  read: dict[str, list[tuple[Example, list[Step]]]] = {}
   for hf_split in ("train", "validation"):
     rows = dd[hf_split] if hf_split in dd else []
     if hf_split in dd and 0 <= limits[hf_split] < len(rows):
@@ -111,21 +112,21 @@ def load(config_data) -> Dataset:
   splits = {"train": relabel_split(train, "train"), "dev": relabel_split(dev, "dev")}
   if "validation" in dd:
     splits["test"] = relabel_split([ex for ex, _ in read["validation"]], "test")
-  rationales = {ex.id: [traces.trace_rationale(ex, steps[ex.id], DECOMPOSER.prompt_id)]
+  rationales = {ex.id: [trace_rationale(ex, steps[ex.id], DECOMPOSER.prompt_id)]
                 for exs in splits.values() for ex in exs}
   return Dataset(task=TASK, splits=splits, rationales=rationales, labels=None,
                  skipped=merge_skipped(policy.as_dict(), {"no_answer": unusable} if unusable else {}))
 
 
-class MsMarcoDecomposer(traces.Decomposer):
+class MsMarcoDecomposer(Decomposer):
   """type (the query type) -> passages (the selected passages' numbers) -> answer."""
 
   task = TASK
-  specs = (("type", traces.CLASSIFICATION), ("passages", traces.RETRIEVAL), ("answer", traces.ANSWER))
+  specs = (("type", CLASSIFICATION), ("passages", RETRIEVAL), ("answer", ANSWER))
   classes = QUERY_TYPES
 
   def num_items(self, example: Example) -> int:
-    return traces.count_items(example.inputs.get("passages", ""))
+    return count_items(example.inputs.get("passages", ""))
 
 
-DECOMPOSER = MsMarcoDecomposer()
+DECOMPOSER = register(MsMarcoDecomposer())  # traces.decomposer_for(task) finds it once this module is loaded

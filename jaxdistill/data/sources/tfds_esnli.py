@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from jaxdistill.data.examples import DataError, Example
-from jaxdistill.data.sources import Dataset, ErrorPolicy, cap_train, cfg_get, esnli_dataset, relabel_split
+from jaxdistill.data.sources.common import Dataset, ErrorPolicy, cap_train, cfg_get, esnli_dataset, relabel_split
 from jaxdistill.data.sources.dss import nli_example
 
 NAME = "esnli"
