@@ -27,19 +27,16 @@ import ml_collections
 
 from configs import base
 from jaxdistill import traces
+from jaxdistill.data.sources import babi
 
 
 def get_config(variant: str = "correct"):
   config = base.get_config()
   config.data.source = "babi"
   config.data.task = "babi"
-  config.data.babi = ml_collections.ConfigDict()
-  config.data.babi.num_train = 2000
-  config.data.babi.num_dev = 200
-  config.data.babi.num_test = 200
-  config.data.babi.min_facts = 3  # story length in facts (distractors included)
-  config.data.babi.max_facts = 6
-  config.data.babi.kinds = "one-fact,two-facts,three-facts,yes-no"
+  # num_train / num_dev / num_test, min_facts / max_facts (story length in facts, distractors
+  # included), kinds: the generator's own defaults, so the two cannot disagree.
+  config.data.babi = ml_collections.ConfigDict(babi.DEFAULTS)
   config.data.test_size = 1000  # cotemp: rows held out for test (the benchmark has no splits)
   config.data.max_source_len = 128
   config.data.max_target_len = 32  # "type: three-facts ; facts: 1 2 4" is ~20 tokens

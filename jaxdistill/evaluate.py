@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -53,10 +53,10 @@ def _rationale_nll(model, batch):
 class Evaluator:
   """Holds the prepared dev/test batches; `evaluate(model, split)` returns a metrics dict."""
 
-  def __init__(self, config, dataset, tokenizer, mesh, kind: str = "seq2seq", trace_scorer=None):
+  def __init__(self, config, dataset, tokenizer, mesh, kind: str = "seq2seq", methods: Sequence[Any] = ()):
     self.tokenizer, self.mesh, self.kind, self.labels = tokenizer, mesh, kind, dataset.labels
-    # traces.Scorer or None: (examples, generated texts, predicted answers) -> the "traces" block.
-    self.trace_scorer = trace_scorer
+    # Methods (methods/base.py) whose eval_metrics add a block to every evaluation.
+    self.methods = tuple(methods)
     self.format = config.objective.get("format", "multitask")
     self.max_label_len = int(config.eval.max_label_len)
     # Tokens to generate before the answer can be read: the whole chain of thought for
@@ -162,7 +162,8 @@ class Evaluator:
     examples = self.examples[split]
     if not examples:  # a score on nothing would read as a real 0 (or 1)
       raise ValueError(f"no {split} examples to evaluate")
-    generated = self.predict_labels(model, split, raw=True) if self.trace_scorer is not None else None
+    wants_text = any(m.wants_generated_text for m in self.methods)
+    generated = self.predict_labels(model, split, raw=True) if wants_text else None
     predictions = ([formats.parse_answer(t, self.format) for t in generated] if generated is not None
                    else self.predict_labels(model, split))
     correct = sum(p == ex.label for p, ex in zip(predictions, examples))
@@ -173,6 +174,6 @@ class Evaluator:
         batch_nll, batch_count = _rationale_nll(model, to_global(batch, self.mesh))
         nll, count = nll + float(batch_nll), count + float(batch_count)
       metrics["rationale_perplexity"] = math.exp(nll / max(count, 1.0))
-    if self.trace_scorer is not None:
-      metrics["traces"] = self.trace_scorer(examples, generated, predictions)
+    for method in self.methods:
+      metrics.update(method.eval_metrics(examples, generated, predictions))
     return metrics

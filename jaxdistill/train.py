@@ -12,7 +12,7 @@ import hashlib
 import json
 import numbers
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import ml_collections
@@ -22,12 +22,12 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from jaxdistill import checkpoint, evaluate, files, partitioning, traces, workdir as workdir_lib
+from jaxdistill import checkpoint, evaluate, files, methods as methods_lib, partitioning, workdir as workdir_lib
 from jaxdistill import config as config_lib
 from jaxdistill.data import formats, pipeline, sources
 from jaxdistill.data import tokenizer as tokenizer_lib
-from jaxdistill.models import hf, students
-from jaxdistill.objectives import losses, semantic
+from jaxdistill.models import common, hf, students
+from jaxdistill.objectives import losses
 
 # --------------------------------------------------------------------------- optimizer
 
@@ -71,26 +71,25 @@ class Student:
   graphdef: Any
   shardings: Any  # NamedShardings of the (model, optimizer) state
   spec: students.Spec
-  semantic: bool = False  # trained inside a semantic.SemanticStudent (its projection is training-only)
 
   @property
   def kind(self) -> str:
     return self.spec.kind
 
   def model(self, state) -> nnx.Module:
-    """The student itself (what evaluation, decoding and export use)."""
-    root = nnx.merge(self.graphdef, state)[0]
-    return root.student if self.semantic else root
+    """The student itself, without the methods' training-only wrappers (what evaluation,
+    decoding and export use)."""
+    return common.unwrap(nnx.merge(self.graphdef, state)[0])
 
   def params(self, state):
     return nnx.state(self.model(state))
 
 
-def build_student(config, vocab_size: int, mesh, num_classes: int = 0, semantic_dim: int = 0
+def build_student(config, vocab_size: int, mesh, num_classes: int = 0, methods: Sequence[methods_lib.Method] = ()
                   ) -> tuple[Student, Any]:
   """Creates the student and its optimizer directly into their shardings, loading
-  `config.model.checkpoint` when given; returns (student, state). `semantic_dim` > 0 trains it
-  inside a `semantic.SemanticStudent` projecting its rationale states to that many dimensions."""
+  `config.model.checkpoint` when given; returns (student, state). Each method may wrap the student
+  in training-only modules (Method.wrap_student)."""
   spec = students.spec(config.model, vocab_size, num_classes)
   tx = make_optimizer(config.train)
 
@@ -99,24 +98,29 @@ def build_student(config, vocab_size: int, mesh, num_classes: int = 0, semantic_
     with nnx.use_eager_sharding(False):
       rngs = nnx.Rngs(params=config.seed)
       model = students.build(spec, rngs)
-      if semantic_dim:
-        model = semantic.SemanticStudent(model, students.decoder_hidden_size(spec), semantic_dim, rngs=rngs)
+      for method in methods:
+        model = method.wrap_student(model, spec, rngs)
       return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
   abstract_model, abstract_opt = nnx.eval_shape(create)
   graphdef, abstract_state = nnx.split((abstract_model, abstract_opt))
   shardings = partitioning.state_shardings(abstract_state, mesh, config.logical_axis_rules)
   state = jax.jit(lambda: nnx.state(create()), out_shardings=shardings)()
-  student = Student(graphdef, shardings, spec, semantic=bool(semantic_dim))
+  student = Student(graphdef, shardings, spec)
   if spec.checkpoint:  # each tensor goes straight onto its parameter's sharding
     root, optimizer = nnx.merge(graphdef, state)
-    students.load_checkpoint(spec, root.student if semantic_dim else root)
+    students.load_checkpoint(spec, common.unwrap(root))
     state = nnx.state((root, optimizer))
   return student, state
 
 
-def make_train_step(student: Student, config, mesh):
-  terms = losses.objective_terms(config.objective, student.kind)
+def loss_terms(config, kind: str, methods: Sequence[methods_lib.Method] = ()) -> list[losses.WeightedTerm]:
+  """The objective's weighted terms, then each method's."""
+  return losses.objective_terms(config.objective, kind) + [t for m in methods for t in m.loss_terms(kind)]
+
+
+def make_train_step(student: Student, config, mesh, methods: Sequence[methods_lib.Method] = ()):
+  terms = loss_terms(config, student.kind, methods)
   schedule = make_schedule(config.train)
   base_key = jax.random.key(config.seed)
 
@@ -183,8 +187,8 @@ def export_hf(model: nnx.Module, kind: str, tokenizer, path: str) -> None:
 
 
 def _scalars(prefix: str, metrics: dict) -> dict[str, float]:
-  """The numeric leaves of a (nested) metrics dict as "prefix/a/b" scalars; text and None (the
-  trace block's samples and undefined statistics) are left out of TensorBoard, kept in metrics.json."""
+  """The numeric leaves of a (nested) metrics dict as "prefix/a/b" scalars; text and None (e.g. a
+  method's samples and undefined statistics) are left out of TensorBoard, kept in metrics.json."""
   out = {}
   for k, v in metrics.items():
     if isinstance(v, dict):
@@ -206,13 +210,15 @@ def _fingerprint(params) -> str:
   return digest.hexdigest()[:16]
 
 
-def load_dataset(config: ml_collections.ConfigDict):
-  """(dataset, trace scorer or None): the data source and the trace set-up (a no-op unless
-  config.traces), with the checks no run may skip: no empty split, no lost rationales."""
+def load_dataset(config: ml_collections.ConfigDict) -> tuple[sources.Dataset, list[methods_lib.Method]]:
+  """(dataset, methods): the data source as the config's methods prepare it (methods/), with the
+  check no run may skip: no empty split."""
+  methods = methods_lib.from_config(config)
   dataset = sources.load_dataset(config.data)
-  dataset, trace_scorer = traces.setup(config, dataset)
+  for method in methods:
+    dataset = method.prepare_dataset(dataset)
   check_splits(config, dataset)
-  return dataset, trace_scorer
+  return dataset, methods
 
 
 def load_tokenizer(config: ml_collections.ConfigDict, dataset, workdir: str, save: bool = True):
@@ -286,6 +292,7 @@ class Job:
   state: Any  # the (model, optimizer) state, sharded
   evaluator: evaluate.Evaluator
   rationale_coverage: dict[str, float]
+  methods: list[methods_lib.Method]
   writer: Any = None  # training only: CLU writer, train iterator, checkpoint manager
   train_iter: Any = None
   manager: Any = None
@@ -303,8 +310,8 @@ class Job:
 
 def setup(config: ml_collections.ConfigDict, workdir: str, *, training: bool = True) -> Job:
   """Config -> data, tokenizer, row shape, iterator, student, evaluator, writer and checkpoint manager,
-  resumed from the newest checkpoint. Everything a run is refused for is checked before anything is
-  written but the workdir fingerprint. `training=False` builds only what evaluation needs (the
+  resumed from the newest checkpoint. Everything a run is refused for is checked before the workdir
+  fingerprint is written (a trained tokenizer and PST's embeddings may be saved before). `training=False` builds only what evaluation needs (the
   student with fresh parameters, the data, the tokenizer, the Evaluator)."""
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
@@ -316,31 +323,33 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, training: bool = T
   if training:
     print(f"mesh: {partitioning.describe(mesh)}", flush=True)
 
-  dataset, trace_scorer = load_dataset(config)
+  dataset, methods = load_dataset(config)
   rationale_coverage = check_rationales(config, dataset)
+  tokenizer = load_tokenizer(config, dataset, workdir, save=is_chief)
+  for reason, count in sorted(dataset.skipped.items()):
+    logging.warning("skipped %d bad records: %s", count, reason)
+  logging.info("data: %s", {k: len(v) for k, v in dataset.splits.items()})
+  if training:  # methods refuse what cannot work here, before the workdir is claimed
+    for method in methods:
+      method.start(config, dataset, tokenizer, workdir, is_chief)
   changed = workdir_lib.check(workdir, workdir_lib.fingerprint(config, dataset),
                               allow_change=bool(config.train.allow_config_change), write=is_chief)
   if changed:
     logging.warning("continuing %s with a changed config (train.allow_config_change): %s", workdir, "; ".join(changed))
   writer = (metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
             if training else None)
-  tokenizer = load_tokenizer(config, dataset, workdir, save=is_chief)
-  for reason, count in sorted(dataset.skipped.items()):
-    logging.warning("skipped %d bad records: %s", count, reason)
-  logging.info("data: %s", {k: len(v) for k, v in dataset.splits.items()})
-
-  targets = semantic_targets(config, dataset, workdir, is_chief) if training else None
   student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()),
-                                 semantic_dim=targets.dim if targets else 0)
+                                 methods if training else ())
   if student.kind == "encoder" and config.objective.format != "multitask":
     raise ValueError(f"config.objective.format={config.objective.format!r} needs a generating student; "
                      f"{student_name(config.model)} is an encoder (its label comes from a classification head)")
-  evaluator = evaluate.Evaluator(config, dataset, tokenizer, mesh, student.kind, trace_scorer=trace_scorer)
-  job = Job(config, workdir, mesh, dataset, tokenizer, student, state, evaluator, rationale_coverage, writer)
+  evaluator = evaluate.Evaluator(config, dataset, tokenizer, mesh, student.kind, methods=methods)
+  job = Job(config, workdir, mesh, dataset, tokenizer, student, state, evaluator, rationale_coverage, methods,
+            writer)
   logging.info("student %s (%s, %s): %.2fM parameters", student_name(config.model), student.spec.family,
                student.kind, job.n_params / 1e6)
   if training:
-    job.train_iter = make_train_iterator(config, dataset, tokenizer, student, targets)
+    job.train_iter = make_train_iterator(config, dataset, tokenizer, student, methods)
     job.manager = checkpoint.make_manager(
         os.path.join(workdir, "checkpoints"), every=config.train.checkpoint_every,
         keep=config.train.keep_checkpoints, async_save=config.train.async_checkpointing)
@@ -352,24 +361,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, training: bool = T
   return job
 
 
-def semantic_targets(config: ml_collections.ConfigDict, dataset, workdir: str, is_chief: bool):
-  """PST's frozen-encoder embeddings of the training rationales (None unless the objective has a
-  semantic term), embedded once per run into WORKDIR/semantic_targets.npz."""
-  if not semantic.enabled(config.objective):
-    return None
-  sem = config.objective.semantic
-  targets = semantic.build_targets(
-      semantic.rationale_texts(dataset.splits["train"], dataset.rationales, config.objective.name), sem.encoder,
-      known=semantic.cache_embeddings(config.data.cache_dir, sem.encoder),
-      save_path=os.path.join(workdir, "semantic_targets.npz") if is_chief else None,
-      batch_size=int(sem.batch_size))
-  logging.info("semantic targets: %d rationale texts, %d dimensions, from %s", len(targets.index),
-               targets.dim, sem.encoder)
-  return targets
-
-
-def make_train_iterator(config: ml_collections.ConfigDict, dataset, tokenizer, student: Student, targets):
-  """This host's checkpointable iterator of training batches in the student's layout."""
+def make_train_iterator(config: ml_collections.ConfigDict, dataset, tokenizer, student: Student,
+                        methods: Sequence[methods_lib.Method] = ()):
+  """This host's checkpointable iterator of training batches in the student's layout, with the
+  methods' token features and batch views."""
   process_count = jax.process_count()
   logging.info("host %d of %d: reads training records %d::%d of %d examples",
                jax.process_index(), process_count, jax.process_index(), process_count,
@@ -383,8 +378,8 @@ def make_train_iterator(config: ml_collections.ConfigDict, dataset, tokenizer, s
       truncate_source_len=config.data.max_source_len, truncate_target_len=config.data.max_target_len,
       packing=config.data.packing, packer=config.data.packer, seed=config.data.seed,
       process_index=jax.process_index(), process_count=process_count,
-      batch_view=semantic.compose(targets and targets.view, pipeline.batch_view(student.kind, tokenizer)),
-      semantic_index=targets.index if targets else None)
+      batch_view=pipeline.compose(pipeline.batch_view(student.kind, tokenizer), *(m.batch_view() for m in methods)),
+      token_features={k: f for m in methods for k, f in m.token_features().items()})
 
 
 def evaluate_dev(job: Job) -> None:
@@ -403,7 +398,7 @@ def train_loop(job: Job) -> bool:
   """Trains to config.train.steps with logging, dev evaluation and checkpoints; False when it
   stopped early on SIGTERM (after saving)."""
   config, steps = job.config, int(job.config.train.steps)
-  train_step = make_train_step(job.student, config, job.mesh)
+  train_step = make_train_step(job.student, config, job.mesh, job.methods)
   preemption = checkpoint.PreemptionFlag()
   hooks = [periodic_actions.ReportProgress(num_train_steps=steps, writer=job.writer)] if job.is_chief else []
   train_metrics = []
@@ -486,10 +481,10 @@ def finalize(job: Job) -> dict:
                 "kind": job.student.kind, "parameters": job.n_params},
       "mesh": dict(job.mesh.shape),
       "format": config.objective.format,
-      "rationale_loss": config.objective.rationale_loss if semantic.enabled(config.objective) else "token",
+      "rationale_loss": "token",
   }
-  if "traces" in test:  # trace runs: per-step accuracy, trace x answer table, phi (jaxdistill/traces/)
-    result["traces"] = test["traces"]
+  for method in job.methods:  # e.g. PST's rationale loss, the trace block (methods/)
+    result.update(method.result(test))
   if decode_timing:
     result["decode"] = decode_timing
   if job.is_chief:

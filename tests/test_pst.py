@@ -2,11 +2,13 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from jaxdistill import cache as cache_tool
+from jaxdistill import methods
 from jaxdistill.data import formats, pipeline
 from jaxdistill.data.cache import RationaleCache
 from jaxdistill.data.examples import Example, Rationale
@@ -53,7 +55,8 @@ def test_packed_batches_carry_each_records_own_target(fmt):
   targets = semantic.build_targets(texts, "fake", embed_fn=lambda ts: np.stack([vectors[t] for t in ts]))
   tok = ByteTokenizer()
   it = pipeline.make_train_iterator(records, tok, per_host_batch_size=2, max_source_len=96, max_target_len=96,
-                                    prefetch=0, batch_view=targets.view, semantic_index=targets.index)
+                                    prefetch=0, batch_view=targets.view,
+                                    token_features={semantic.IDS_KEY: targets.token_feature()})
   seen = 0
   for batch in pipeline.take(it, 4):
     assert "decoder_semantic_ids" not in batch
@@ -112,7 +115,11 @@ def test_semantic_loss_by_hand_and_finite_gradients_on_empty_slots():
 
 
 def test_rationale_loss_picks_the_terms():
-  names = lambda **kw: [(t.name, t.weight) for t in losses.objective_terms(_objective(**kw))]
+  def names(**kw):  # the objective's terms, then PST's (methods/pst.py) when it is enabled
+    config = ml_collections.ConfigDict({"objective": dict(_objective(**kw)), "data": {"cache_dir": ""}})
+    pst = methods.pst.PST.from_config(config)
+    terms = losses.objective_terms(config.objective) + (pst.loss_terms("seq2seq") if pst else [])
+    return [(t.name, t.weight) for t in terms]
   assert names(rationale_loss="token") == [("label_xent", 0.5), ("rationale_xent", 0.5)]
   assert names(rationale_loss="semantic") == [("label_xent", 0.5), ("rationale_semantic", 0.5)]
   assert names(rationale_loss="both") == [("label_xent", 0.5), ("rationale_xent", 0.5), ("rationale_semantic", 0.5)]

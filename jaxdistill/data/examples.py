@@ -1,4 +1,4 @@
-"""Example records and task label sets (DESIGN §4: the Example contract).
+"""Example records and task label sets (the Example contract every source meets).
 
 Every data source (DSS release, tfds, HF datasets, JSONL, the embedded demo)
 produces `Example`s; everything downstream (caches, objective views, the

@@ -1,4 +1,4 @@
-"""Objective view: which (source, target) sequences an example yields (DESIGN §2).
+"""Objective view: which (source, target) sequences an example yields.
 
 Distilling Step-by-Step multi-task format: the same input text twice, with a task
 prefix, once predicting the label ("[label] ...") and once the rationale

@@ -1,4 +1,4 @@
-"""Tokenize, pack and batch Seq2SeqRecords with Grain (DESIGN §2, §4 Batch).
+"""Tokenize, pack and batch Seq2SeqRecords with Grain into the Batch layout (BATCH_KEYS).
 
 Training stream (per host):
 
@@ -54,7 +54,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence, Union
 import grain
 import numpy as np
 
-from jaxdistill.data.formats import RATIONALE, Seq2SeqRecord
+from jaxdistill.data.formats import Seq2SeqRecord
 from jaxdistill.data.tokenizer import Tokenizer
 
 Batch = dict[str, np.ndarray]
@@ -63,7 +63,7 @@ Records = Union[Sequence[Seq2SeqRecord], Callable[[int], Sequence[Seq2SeqRecord]
 BATCH_KEYS = (
     "encoder_input_ids", "encoder_segment_ids", "encoder_positions", "encoder_labels",
     "decoder_input_ids", "decoder_target_ids", "decoder_segment_ids", "decoder_positions",
-    "decoder_loss_weights", "decoder_task_ids", "decoder_semantic_ids",
+    "decoder_loss_weights", "decoder_task_ids",
 )
 # Token streams (padded with the pad id; every other per-token array is padded with 0).
 TOKEN_KEYS = ("encoder_input_ids", "decoder_input_ids", "decoder_target_ids")
@@ -75,21 +75,36 @@ _FEATURES = {
     "decoder_target_ids": ("target", np.int32),
     "decoder_loss_weights": ("target", np.float32),
     "decoder_task_ids": ("target", np.int32),
-    # 1 + the row of a rationale token's semantic target (semantic.SemanticTargets), 0 elsewhere.
-    "decoder_semantic_ids": ("target", np.int32),
 }
 # Packed along with the others but sharing the segment ids / positions of the anchor.
-_PACK_META = ("encoder_labels", "decoder_input_ids", "decoder_loss_weights", "decoder_task_ids",
-              "decoder_semantic_ids")
+_PACK_META = ("encoder_labels", "decoder_input_ids", "decoder_loss_weights", "decoder_task_ids")
+# A method's per-target-token int feature (methods/base.py TokenFeature): (record, target ids, task
+# ids) -> one int32 per target token. Its batch key starts with "decoder_", so it is packed, padded
+# (with 0) and moved into causal-LM rows like `decoder_task_ids`.
+TokenFeature = Callable[[Seq2SeqRecord, Sequence[int], Sequence[int]], np.ndarray]
+TokenFeatures = Mapping[str, TokenFeature]
+
+
+def _features(extra: Iterable[str] = ()) -> dict[str, tuple[str, type]]:
+  """The per-record features: the base ones and the named token features (target stream, int32)."""
+  out = dict(_FEATURES)
+  for name in extra:
+    if not name.startswith("decoder_") or name in out or name in BATCH_KEYS:
+      raise ValueError(f"token feature {name!r}: needs a new batch key starting with 'decoder_'")
+    out[name] = ("target", np.int32)
+  return out
+
+
+def _extra_keys(feats: Mapping[str, np.ndarray]) -> list[str]:
+  return [k for k in feats if k not in _FEATURES]
 
 
 def tokenize_record(record: Seq2SeqRecord, tokenizer: Tokenizer, max_source_len: int,
                     max_target_len: int, encode: Callable[[str], list[int]] | None = None,
-                    semantic_index: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+                    token_features: TokenFeatures | None = None) -> dict[str, np.ndarray]:
   """Unpadded features of one record. Over-long sequences are truncated (EOS may be cut).
-  `encoder_labels` is 1 + the record's class id at its first source token, 0 elsewhere;
-  `decoder_semantic_ids` is `semantic_index[record.rationale]` (1 + a row of the semantic
-  targets) on the rationale's tokens, 0 elsewhere and when no index is given."""
+  `encoder_labels` is 1 + the record's class id at its first source token, 0 elsewhere; each
+  of `token_features` adds its per-target-token ids under its own key."""
   encode = encode or tokenizer.encode
   src = list(encode(record.source)[:max_source_len])
   if record.parts:  # combined formats: per-part task ids and weights; one EOS at the end
@@ -105,19 +120,22 @@ def tokenize_record(record: Seq2SeqRecord, tokenizer: Tokenizer, max_source_len:
   else:
     tgt = list(encode(record.target)[:max_target_len])
     tasks, weights = [record.task_id] * len(tgt), [record.weight] * len(tgt)
-  semantic_id = semantic_index.get(record.rationale, 0) if semantic_index and record.rationale else 0
   labels = np.zeros(len(src), np.int32)
   if record.class_id >= 0 and len(src):
     labels[0] = record.class_id + 1  # classification heads read a record's first token
-  return {
+  feats = {
       "encoder_input_ids": np.asarray(src, np.int32),
       "encoder_labels": labels,
       "decoder_input_ids": np.asarray([tokenizer.pad_id] + tgt[:-1], np.int32),
       "decoder_target_ids": np.asarray(tgt, np.int32),
       "decoder_loss_weights": np.asarray(weights, np.float32),
       "decoder_task_ids": np.asarray(tasks, np.int32),
-      "decoder_semantic_ids": np.asarray([semantic_id if t == RATIONALE else 0 for t in tasks], np.int32),
   }
+  for name, feature in (token_features or {}).items():
+    feats[name] = np.asarray(feature(record, tgt, tasks), np.int32)
+    if feats[name].shape != (len(tgt),):
+      raise ValueError(f"token feature {name!r} gave shape {feats[name].shape} for {len(tgt)} target tokens")
+  return feats
 
 
 def _pad_to(x: np.ndarray, length: int, value) -> np.ndarray:
@@ -131,7 +149,7 @@ def pad_features(feats: dict[str, np.ndarray], max_source_len: int, max_target_l
   """One record per row: pad to the length budgets, segment id 1 on real tokens."""
   ls, lt = len(feats["encoder_input_ids"]), len(feats["decoder_target_ids"])
   out = {}
-  for name, (stream, _) in _FEATURES.items():
+  for name, (stream, _) in _features(_extra_keys(feats)).items():
     length = max_source_len if stream == "source" else max_target_len
     value = pad_id if name in TOKEN_KEYS else 0
     out[name] = _pad_to(feats[name], length, value)
@@ -139,7 +157,7 @@ def pad_features(feats: dict[str, np.ndarray], max_source_len: int, max_target_l
   out["encoder_positions"] = np.where(out["encoder_segment_ids"] > 0, np.arange(max_source_len), 0).astype(np.int32)
   out["decoder_segment_ids"] = (np.arange(max_target_len) < lt).astype(np.int32)
   out["decoder_positions"] = np.where(out["decoder_segment_ids"] > 0, np.arange(max_target_len), 0).astype(np.int32)
-  return {k: out[k] for k in BATCH_KEYS}
+  return {k: out[k] for k in (*BATCH_KEYS, *_extra_keys(feats))}
 
 
 class _EpochRecords:
@@ -181,8 +199,8 @@ class _Tokenize(grain.transforms.Map):
   sources and targets, and encoding dominates the pipeline's cost otherwise."""
 
   def __init__(self, records: _EpochRecords, tokenizer: Tokenizer, max_source_len: int, max_target_len: int,
-               cache_size: int = 1 << 18, semantic_index: Mapping[str, int] | None = None):
-    self.records, self.tokenizer, self.semantic_index = records, tokenizer, semantic_index
+               cache_size: int = 1 << 18, token_features: TokenFeatures | None = None):
+    self.records, self.tokenizer, self.token_features = records, tokenizer, token_features
     self.max_source_len, self.max_target_len = max_source_len, max_target_len
     self.cache_size = cache_size
     self._cache: collections.OrderedDict[str, tuple[int, ...]] = collections.OrderedDict()
@@ -205,7 +223,7 @@ class _Tokenize(grain.transforms.Map):
     epoch, index = epoch_and_index
     record = self.records.epoch(epoch)[index]
     return tokenize_record(record, self.tokenizer, self.max_source_len, self.max_target_len, self._encode,
-                           self.semantic_index)
+                           self.token_features)
 
   def __getstate__(self):
     state = dict(self.__dict__)
@@ -238,8 +256,12 @@ class _Pad(grain.transforms.Map):
 class _RenamePacked(grain.transforms.Map):
   """Grain names packing metadata after the anchor feature; rename to the Batch keys."""
 
+  def __init__(self, extra: Sequence[str] = ()):
+    self.extra = tuple(extra)  # token features: packed like decoder_task_ids, kept under their names
+
   def map(self, x):
     return {
+        **{k: x[k] for k in self.extra},
         "encoder_input_ids": x["encoder_input_ids"],
         "encoder_segment_ids": x["encoder_input_ids_segment_ids"],
         "encoder_positions": x["encoder_input_ids_positions"],
@@ -250,7 +272,6 @@ class _RenamePacked(grain.transforms.Map):
         "decoder_positions": x["decoder_target_ids_positions"],
         "decoder_loss_weights": x["decoder_loss_weights"].astype(np.float32),
         "decoder_task_ids": x["decoder_task_ids"],
-        "decoder_semantic_ids": x["decoder_semantic_ids"],
     }
 
 
@@ -294,7 +315,8 @@ def _pack_row(parts: Sequence[dict[str, np.ndarray]], max_source_len: int, max_t
               pad_id: int) -> dict[str, np.ndarray]:
   """Records' features -> one packed row (segments 1..n in order, positions per segment)."""
   out = {}
-  for name, (stream, dtype) in _FEATURES.items():
+  extra = _extra_keys(parts[0])
+  for name, (stream, dtype) in _features(extra).items():
     length = max_source_len if stream == "source" else max_target_len
     value = pad_id if name in TOKEN_KEYS else 0
     row = np.full((length,), value, dtype)
@@ -311,7 +333,7 @@ def _pack_row(parts: Sequence[dict[str, np.ndarray]], max_source_len: int, max_t
       posn[start:start + n] = np.arange(n, dtype=np.int32)
       start += n
     out[f"{prefix}_segment_ids"], out[f"{prefix}_positions"] = seg, posn
-  return {k: out[k] for k in BATCH_KEYS}
+  return {k: out[k] for k in (*BATCH_KEYS, *extra)}
 
 
 class PoolPackIterDataset(grain.IterDataset):
@@ -429,11 +451,11 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
                        truncate_source_len: int | None = None,
                        truncate_target_len: int | None = None,
                        batch_view: Callable[[Batch], Batch] | None = None,
-                       semantic_index: Mapping[str, int] | None = None) -> grain.IterDataset:
+                       token_features: TokenFeatures | None = None) -> grain.IterDataset:
   """The training IterDataset (see module docstring); `iter()` it or use make_train_iterator.
   `batch_view` maps each batch to the layout the student reads (e.g. `causal_lm_rows`) in the
   prefetch thread, off the training loop; it is stateless, so the iterator state is unchanged.
-  `semantic_index` (rationale text -> 1 + row) fills `decoder_semantic_ids` (tokenize_record)."""
+  `token_features` (batch key -> TokenFeature) add per-target-token ids (tokenize_record)."""
   truncate_source_len = min(truncate_source_len or max_source_len, max_source_len)
   truncate_target_len = min(truncate_target_len or max_target_len, max_target_len)
   if packer not in PACKERS:
@@ -447,7 +469,8 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
   ds = ds.repeat(num_epochs).map_with_index(_EpochIndex(epoch_records.size))
   ds = ds[process_index::process_count]
   ds = ds.map(_Tokenize(epoch_records, tokenizer, truncate_source_len, truncate_target_len,
-                        semantic_index=semantic_index))
+                        token_features=token_features))
+  features = _features(token_features or {})
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(
       2 * per_host_batch_size, 64) if num_threads else 0))
   if packing and packer == "pool":
@@ -456,12 +479,13 @@ def make_train_dataset(records: Records, tokenizer: Tokenizer, *, per_host_batch
                              pad_id=tokenizer.pad_id)
   elif packing:
     lengths = {name: max_source_len if stream == "source" else max_target_len
-               for name, (stream, _) in _FEATURES.items()}
-    padding = {name: tokenizer.pad_id if name in TOKEN_KEYS else 0 for name in _FEATURES}
+               for name, (stream, _) in features.items()}
+    padding = {name: tokenizer.pad_id if name in TOKEN_KEYS else 0 for name in features}
+    extra = tuple(token_features or ())
     it = grain.experimental.FirstFitPackIterDataset(
         it, length_struct=lengths, num_packing_bins=num_packing_bins or per_host_batch_size,
-        seed=int(seed), shuffle_bins=False, meta_features=_PACK_META, padding_struct=padding)
-    it = it.map(_RenamePacked())
+        seed=int(seed), shuffle_bins=False, meta_features=_PACK_META + extra, padding_struct=padding)
+    it = it.map(_RenamePacked(extra))
   else:
     it = it.map(_Pad(max_source_len, max_target_len, tokenizer.pad_id))
   it = it.batch(per_host_batch_size, drop_remainder=True)
@@ -479,7 +503,7 @@ def make_train_iterator(records: Records, tokenizer: Tokenizer, *, per_host_batc
                         packer: str = "pool", truncate_source_len: int | None = None,
                         truncate_target_len: int | None = None,
                         batch_view: Callable[[Batch], Batch] | None = None,
-                        semantic_index: Mapping[str, int] | None = None) -> grain.DatasetIterator:
+                        token_features: TokenFeatures | None = None) -> grain.DatasetIterator:
   """A checkpointable iterator of per-host Batch dicts ([per_host_batch_size, L] numpy arrays).
 
   `records` is a fixed sequence or `epoch -> records` (same length every epoch), e.g.
@@ -495,7 +519,7 @@ def make_train_iterator(records: Records, tokenizer: Tokenizer, *, per_host_batc
       max_target_len=max_target_len, packing=packing, seed=seed, process_index=process_index,
       process_count=process_count, num_epochs=num_epochs, num_packing_bins=num_packing_bins,
       num_threads=num_threads, prefetch=prefetch, packer=packer, truncate_source_len=truncate_source_len,
-      truncate_target_len=truncate_target_len, batch_view=batch_view, semantic_index=semantic_index))
+      truncate_target_len=truncate_target_len, batch_view=batch_view, token_features=token_features))
   if prefetch > 0:
     atexit.register(_close_at_exit, weakref.ref(it))
   return it
@@ -579,6 +603,8 @@ def causal_lm_rows(batch: Batch, pad_id: int, eos_id: int) -> Batch:
   so the target follows the prompt directly) of length S + T at most; inputs are that sequence
   without its last token, targets without its first, and only target tokens carry loss weight
   and task id (the prompt is masked out of the loss). Positions restart at 0 per record.
+  Token features (other "decoder_*" keys, one value per target token) move with the target tokens;
+  other keys are per record (segment k keeps its number) and carry over as they are.
   Host-side numpy, applied after the iterator, so the iterator's checkpoint state is unchanged.
   """
   enc, enc_seg = batch["encoder_input_ids"], batch["encoder_segment_ids"]
@@ -588,6 +614,11 @@ def causal_lm_rows(batch: Batch, pad_id: int, eos_id: int) -> Batch:
          for k in CAUSAL_LM_KEYS}
   out["decoder_input_ids"][:] = pad_id
   out["decoder_target_ids"][:] = pad_id
+  per_target_token = ["decoder_loss_weights", "decoder_task_ids"]
+  for key in batch:
+    if key.startswith("decoder_") and key not in BATCH_KEYS:
+      out[key] = np.zeros((rows, length), batch[key].dtype)
+      per_target_token.append(key)
   for r in range(rows):
     start = 0
     for seg in range(1, int(enc_seg[r].max(initial=0)) + 1):
@@ -606,12 +637,12 @@ def causal_lm_rows(batch: Batch, pad_id: int, eos_id: int) -> Batch:
       out["decoder_segment_ids"][r, span] = seg
       out["decoder_positions"][r, span] = np.arange(n)
       first = start + len(src) - 1  # the position that predicts the target's first token
-      out["decoder_loss_weights"][r, first:first + len(target)] = batch["decoder_loss_weights"][r, in_target]
-      out["decoder_task_ids"][r, first:first + len(target)] = batch["decoder_task_ids"][r, in_target]
+      for key in per_target_token:
+        out[key][r, first:first + len(target)] = batch[key][r, in_target]
       start += n
-  for key in ("encoder_labels", "semantic_targets", "semantic_weights"):
-    if key in batch:  # per record, not per token: segment k keeps its number, so these carry over
-      out[key] = batch[key]
+  for key in batch:
+    if key == "encoder_labels" or not key.startswith(("encoder_", "decoder_")):
+      out[key] = batch[key]  # per record, not per token: segment k keeps its number, so these carry over
   return out
 
 
@@ -622,6 +653,20 @@ def batch_view(kind: str, tokenizer: Tokenizer) -> Callable[[Batch], Batch] | No
   if kind == "decoder":
     return functools.partial(causal_lm_rows, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
   return None
+
+
+def compose(*views: Callable[[Batch], Batch] | None) -> Callable[[Batch], Batch] | None:
+  """Batch views applied left to right (None entries skipped); picklable for grain."""
+  views = tuple(v for v in views if v is not None)
+  if not views:
+    return None
+  return views[0] if len(views) == 1 else functools.partial(_apply_all, views)
+
+
+def _apply_all(views, batch):
+  for view in views:
+    batch = view(batch)
+  return batch
 
 
 def left_padded_prompts(batch: Batch, pad_id: int, eos_id: int) -> tuple[np.ndarray, np.ndarray]:

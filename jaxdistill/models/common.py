@@ -79,3 +79,17 @@ def mean_pool(hidden: Array, mask: Array) -> Array:
   """Mean of hidden [B, L, D] over positions where mask [B, L] is nonzero (float32)."""
   m = mask.astype(jnp.float32)[..., None]
   return (hidden.astype(jnp.float32) * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1e-9)
+
+
+class TrainingWrapper(nnx.Module):
+  """A training-only module around a student, kept at `.student` (methods/base.py wrap_student):
+  evaluation, decoding, checkpoints of the best model and export see only the student."""
+
+  student: nnx.Module
+
+
+def unwrap(model: nnx.Module) -> nnx.Module:
+  """The student inside any TrainingWrappers."""
+  while isinstance(model, TrainingWrapper):
+    model = model.student
+  return model

@@ -3,7 +3,7 @@
 `EncoderStudent` = encoder + `ClassificationHead` (the label) + `ExplanationDecoder` (a small
 Transformer decoder with cross-attention over the encoder states that generates the explanation
 or rationale), the NLI study's DeBERTa + explanation-generation student. It reads the same packed
-seq2seq batch as T5 (DESIGN §4):
+seq2seq batch as T5 (data/pipeline.py BATCH_KEYS):
   encoder_input_ids / _segment_ids / _positions   the input text, packed records
   encoder_labels      1 + class index at the first token of a label record, else 0
   decoder_*           the explanation targets (teacher-forced), same segments as the encoder

@@ -1,12 +1,12 @@
-"""Loss terms and objectives (DESIGN §4).
+"""Loss terms and objectives.
 
 A loss term is a pure function `(model_outputs, batch) -> (scalar, metrics)`. An objective is a
 weighted list of terms; the Distilling Step-by-Step multi-task loss is
 `alpha * label_xent + (1 - alpha) * rationale_xent`, where each term averages the token
 cross-entropy over the target tokens of its own task (so the two tasks are balanced however
-many tokens each has). PST's semantic rationale term lives in objectives/semantic.py:
-`objective.rationale_loss` = token | semantic | both picks the rationale terms, the semantic one
-weighted (1 - alpha) * objective.semantic.weight.
+many tokens each has). `objective.rationale_loss` = token | semantic | both says whether the
+rationale's token cross-entropy is among them; the semantic rationale term is a method's
+(methods/pst.py, weighted (1 - alpha) * objective.semantic.weight), added after these.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import jax.numpy as jnp
 
 from jaxdistill.data.formats import LABEL, RATIONALE
 from jaxdistill.data.sources import cfg_get
-from jaxdistill.objectives import semantic
 
 Outputs = Mapping[str, jax.Array]
 Batch = Mapping[str, jax.Array]
 LossTerm = Callable[[Outputs, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+RATIONALE_LOSSES = ("token", "semantic", "both")
 
 
 def token_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -84,15 +84,11 @@ def objective_terms(objective, student_kind: str = "seq2seq") -> list[WeightedTe
       raise ValueError(f"config.objective.alpha must be in [0, 1], got {alpha}")
     terms = [label._replace(weight=alpha)]
     rationale_loss = cfg_get(objective, "rationale_loss", "token")
-    if rationale_loss not in semantic.RATIONALE_LOSSES:
+    if rationale_loss not in RATIONALE_LOSSES:
       raise ValueError(f"config.objective.rationale_loss={rationale_loss!r}: expected one of "
-                       f"{semantic.RATIONALE_LOSSES}")
+                       f"{RATIONALE_LOSSES}")
     if rationale_loss in ("token", "both"):
       terms.append(WeightedTerm("rationale_xent", 1.0 - alpha, rationale_xent))
-    if rationale_loss in ("semantic", "both"):
-      sem = objective.semantic
-      terms.append(WeightedTerm("rationale_semantic", (1.0 - alpha) * float(sem.weight),
-                                semantic.rationale_semantic(sem.distance)))
     return terms
   raise ValueError(f"config.objective.name: unknown objective {objective.name!r} "
                    "(expected baseline | human | cot | hybrid)")

@@ -18,7 +18,6 @@ K = the row's target length (a row cannot hold more records than target tokens).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -31,8 +30,7 @@ from flax import nnx
 from jaxdistill.data.formats import RATIONALE
 from jaxdistill.data.sources import cfg_get
 from jaxdistill.models import common
-
-RATIONALE_LOSSES = ("token", "semantic", "both")
+from jaxdistill.objectives.losses import RATIONALE_LOSSES
 DISTANCES = ("cosine", "mse")
 
 
@@ -60,13 +58,32 @@ class SemanticTargets:
   def view(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return segment_targets(batch, self.table)
 
+  def token_feature(self) -> "RationaleRows":
+    return RationaleRows(self.index)
+
+
+# The pipeline's per-target-token key (a method's token feature, data/pipeline.py TokenFeature).
+IDS_KEY = "decoder_semantic_ids"
+
+
+@dataclasses.dataclass(frozen=True)
+class RationaleRows:
+  """The token feature: 1 + the target row of the record's rationale on its rationale tokens, 0
+  elsewhere (a class, not a closure, so grain can pickle it)."""
+  index: Mapping[str, int]
+
+  def __call__(self, record, target_ids: Sequence[int], task_ids: Sequence[int]) -> np.ndarray:
+    del target_ids
+    row = self.index.get(record.rationale, 0) if record.rationale else 0
+    return np.asarray([row if t == RATIONALE else 0 for t in task_ids], np.int32)
+
 
 def segment_targets(batch: dict[str, np.ndarray], table: np.ndarray) -> dict[str, np.ndarray]:
-  """A packed seq2seq batch -> the same batch with per-record `semantic_targets` [B, K, E] and
+  """A packed batch -> the same batch with per-record `semantic_targets` [B, K, E] and
   `semantic_weights` [B, K] (slot k - 1 belongs to decoder segment k) instead of the per-token
   `decoder_semantic_ids`."""
   out = dict(batch)
-  ids = out.pop("decoder_semantic_ids")
+  ids = out.pop(IDS_KEY)
   rows, k = ids.shape
   targets = np.zeros((rows, k, table.shape[1]), np.float32)
   weights = np.zeros((rows, k), np.float32)
@@ -76,20 +93,6 @@ def segment_targets(batch: dict[str, np.ndarray], table: np.ndarray) -> dict[str
   weights[r, slot] = batch["decoder_loss_weights"][r, pos]
   out["semantic_targets"], out["semantic_weights"] = targets, weights
   return out
-
-
-def compose(*views: Callable[[dict], dict] | None) -> Callable[[dict], dict] | None:
-  """Batch views applied left to right (None entries skipped); picklable for grain."""
-  views = tuple(v for v in views if v is not None)
-  if not views:
-    return None
-  return views[0] if len(views) == 1 else functools.partial(_apply_all, views)
-
-
-def _apply_all(views, batch):
-  for view in views:
-    batch = view(batch)
-  return batch
 
 
 def rationale_texts(examples, rationales: Mapping[str, Sequence[Any]], objective: str = "hybrid") -> list[str]:
@@ -164,7 +167,7 @@ def pool_segments(hidden: jax.Array, mask: jax.Array, segment_ids: jax.Array, nu
   return sums / jnp.maximum(onehot.sum(axis=1), 1.0)[..., None]
 
 
-class SemanticStudent(nnx.Module):
+class SemanticStudent(common.TrainingWrapper):
   """A student plus the learned projection of its pooled rationale states into the embedding
   space. Only training sees this wrapper; evaluation, export and decoding use `.student`."""
 

@@ -1,4 +1,4 @@
-"""Trace-based distillation: rule-based decomposition into checkable steps (DESIGN §1 "traces").
+"""Trace-based distillation: rule-based decomposition into checkable steps (README: "Trace-based distillation").
 
 The study this serves decomposes open-book QA into a classification step (which kind of question
 or relation is asked), an information-retrieval step (which facts or passages answer it) and the

@@ -1,4 +1,4 @@
-"""Data sources: each turns some on-disk or hub format into `Example`s (DESIGN §2).
+"""Data sources: each turns some on-disk or hub format into `Example`s (data/examples.py).
 
 Every source module exposes `load(config_data) -> Dataset`; `load_dataset` picks one
 by `config_data.source`. The helpers every source shares (error policy, dev split-off, grouping

@@ -45,7 +45,7 @@ VERBS = {"move": ("went to", "moved to", "journeyed to", "travelled to"),
          "drop": ("dropped", "put down", "discarded")}
 KINDS = ("one-fact", "two-facts", "three-facts", "yes-no")
 LABELS = PLACES + ("yes", "no")
-DEFAULTS = dict(num_train=2000, num_dev=200, num_test=200, min_facts=4, max_facts=8, kinds=",".join(KINDS))
+DEFAULTS = dict(num_train=2000, num_dev=200, num_test=200, min_facts=3, max_facts=6, kinds=",".join(KINDS))
 ACTION_WEIGHTS = (("move", 0.6), ("pick", 0.25), ("drop", 0.15))
 
 Event = tuple[str, str, str]  # (action, person, place or object)

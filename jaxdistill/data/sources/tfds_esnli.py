@@ -56,7 +56,7 @@ def examples_from_tf_dataset(ds, *, split: str, source_split: str, policy: Error
 def load(config_data) -> Dataset:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators (DESIGN §3)
+  tf.config.set_visible_devices([], "GPU")  # keep TF off accelerators (runtime.prepare_process)
   data_dir = cfg_get(config_data, "path", "") or None
   dev_size = int(cfg_get(config_data, "dev_size", 1000))
   max_train = int(cfg_get(config_data, "max_train_examples", -1))
