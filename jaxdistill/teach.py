@@ -273,7 +273,9 @@ def run(config: ml_collections.ConfigDict, echo: Callable[[str], None] = print,
   cache.update_source({"teachers": {f"{teacher.name}/{prompt_id}": {
       "kind": t.kind, "model": t.model if t.kind == "api" else t.checkpoint, "prompt": t.prompt,
       "template": template.name, "endpoint": endpoint, "sampling": sampling.as_dict(),
-      "samples": int(t.samples), "splits": splits_of(t)}}})
+      "samples": int(t.samples), "splits": splits_of(t),
+      # Cached token ids mean something only under this vocabulary (methods/kd.py checks it).
+      **({"tokenizer": teacher.tokenizer.fingerprint()} if hasattr(teacher, "tokenizer") else {})}}})
   failed = FailedLog(cache.path)
   have = cache.keys()
   before = failed.prune(have)

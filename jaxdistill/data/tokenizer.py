@@ -17,6 +17,7 @@ seq2seq pipeline and greedy decoding expect whatever the backend.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import os
 from typing import Iterable, Sequence
@@ -69,6 +70,17 @@ class Tokenizer:
         out.append(i)
     return self._decode(out)
 
+  def vocabulary(self) -> dict[str, int]:
+    """token -> id for every id the tokenizer can produce."""
+    raise NotImplementedError
+
+  def fingerprint(self) -> str:
+    """A digest of the vocabulary and the special ids: equal fingerprints mean an id names the same
+    token in both tokenizers (what teacher-logit distillation needs of teacher and student)."""
+    content = {"tokens": sorted(self.vocabulary().items(), key=lambda kv: (kv[1], kv[0])),
+               "pad": self.pad_id, "eos": self.eos_id}
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
   def __repr__(self) -> str:
     return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size}, pad={self.pad_id}, eos={self.eos_id})"
 
@@ -83,6 +95,9 @@ class ByteTokenizer(Tokenizer):
 
   def _encode(self, text: str) -> list[int]:
     return [b + self.OFFSET for b in text.encode("utf-8")]
+
+  def vocabulary(self) -> dict[str, int]:
+    return {"<pad>": 0, "</s>": 1, "<unk>": 2, **{f"<0x{b:02X}>": b + self.OFFSET for b in range(256)}}
 
   def _decode(self, ids: Sequence[int]) -> str:
     data = bytes(i - self.OFFSET for i in ids if self.OFFSET <= i < 256 + self.OFFSET)
@@ -128,6 +143,9 @@ class HFTokenizer(Tokenizer):
   def __setstate__(self, state):
     self.__dict__.update(state)
     self._fast = _unpadded_backend(self.hf)
+
+  def vocabulary(self) -> dict[str, int]:
+    return dict(self.hf.get_vocab())
 
   def _decode(self, ids: Sequence[int]) -> str:
     return self.hf.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)

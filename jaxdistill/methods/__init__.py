@@ -2,6 +2,7 @@
 
   pst.py     Post-Semantic-Thinking's rationale loss in the hidden semantic space
   traces.py  trace-based distillation: the variant's training traces, traces scored at evaluation
+  kd.py      teacher-logit distillation: top-k KL to the teacher's cached logprobs
 
 A new method is one module here plus one line in METHODS; the training loop, the pipeline and the
 Evaluator call the hooks of whichever methods `from_config` enables, in this order.
@@ -9,10 +10,10 @@ Evaluator call the hooks of whichever methods `from_config` enables, in this ord
 
 from __future__ import annotations
 
-from jaxdistill.methods import pst, traces
+from jaxdistill.methods import kd, pst, traces
 from jaxdistill.methods.base import Method
 
-METHODS: tuple[type[Method], ...] = (pst.PST, traces.Traces)
+METHODS: tuple[type[Method], ...] = (pst.PST, traces.Traces, kd.KD)
 
 
 def from_config(config) -> list[Method]:
