@@ -38,7 +38,7 @@ from absl import flags
 from absl import logging
 
 from jaxdistill import runtime
-from jaxdistill.data.cache import RationaleCache
+from jaxdistill.data.rationale_cache import RationaleCache
 from jaxdistill.data.sources import dss
 
 _TASK = flags.DEFINE_enum("task", None, list(dss.TASKS), "import-dss: which DSS task.")

@@ -15,6 +15,8 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
+from jaxdistill import files
+
 
 def run_metrics(workdir: str) -> dict[str, Any]:
   path = os.path.join(workdir, "metrics.json")
@@ -78,10 +80,9 @@ def bar_plot(rows: Sequence[Mapping[str, Any]], label_key: str, value_keys: Sequ
   if len(value_keys) > 1:
     ax.legend(fontsize=8)
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=120)
+  with files.atomic_open(path) as f:
+    fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def write_report(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]], out_dir: str,
@@ -97,8 +98,5 @@ def write_report(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str,
     text += "\n" + notes.rstrip() + "\n"
   for filename, content in ((f"{name}.md", text), (f"{name}.json", json.dumps(list(rows), indent=2,
                                                                               default=str))):
-    path = os.path.join(out_dir, filename)
-    with open(path + ".tmp", "w") as f:
-      f.write(content)
-    os.replace(path + ".tmp", path)
+    files.atomic_write_text(os.path.join(out_dir, filename), content)
   return text

@@ -34,7 +34,7 @@ from ml_collections import config_flags
 from jaxdistill import config as config_lib
 from jaxdistill import files, runtime
 from jaxdistill.data import sources
-from jaxdistill.data.cache import RationaleCache
+from jaxdistill.data.rationale_cache import RationaleCache
 from jaxdistill.data.examples import Example
 from jaxdistill.errors import ConfigError
 from jaxdistill.teachers import base, parsers, prompts

@@ -266,7 +266,7 @@ def _missing_rationale_cause(config: ml_collections.ConfigDict, dataset, kind: s
   cache_dir = config.data.cache_dir
   if not cache_dir:
     return f"config.data.source={config.data.source!r} gives few teacher rationales (set config.data.cache_dir?)"
-  from jaxdistill.data.cache import RationaleCache  # pylint: disable=g-import-not-at-top
+  from jaxdistill.data.rationale_cache import RationaleCache  # pylint: disable=g-import-not-at-top
   cached_ids = {key[0] for key in RationaleCache.open(cache_dir).keys()}
   if not cached_ids:
     return f"config.data.cache_dir={cache_dir} is an empty cache (no rationale rows)"

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jaxdistill import files
-from jaxdistill.data import cache as cache_lib
-from jaxdistill.data.cache import RationaleCache, SCHEMA_VERSION
+from jaxdistill.data import rationale_cache as cache_lib
+from jaxdistill.data.rationale_cache import RationaleCache, SCHEMA_VERSION
 from jaxdistill.data.examples import DataError, Example, Rationale
 
 
@@ -102,7 +102,7 @@ def test_atomic_writes_leave_no_temp_files(tmp_path, monkeypatch):
   def boom(*args, **kwargs):
     raise OSError("disk full")
 
-  monkeypatch.setattr("jaxdistill.data.cache.os.replace", boom)
+  monkeypatch.setattr("jaxdistill.data.rationale_cache.os.replace", boom)
   with pytest.raises(OSError, match="disk full"):
     cache.write_rationales([_rat(1)])
   monkeypatch.undo()
@@ -324,3 +324,43 @@ def test_readers_never_see_a_compaction_as_lost_data(tmp_path):
   proc.join(60)
   assert proc.exitcode == 0 and opened > 1
   assert RationaleCache.open(path).verify() == []
+
+
+def test_replace_with_swaps_in_a_cache_built_elsewhere(tmp_path, monkeypatch):
+  """The selection's write: out_dir keeps its other files and ends holding exactly the built cache;
+  a replace that dies midway leaves no cache there (readers refuse it), and the next one completes."""
+  out = tmp_path / "out"
+  old = RationaleCache.create(str(out), source={"kind": "old"})
+  old.write_examples([_ex(0), _ex(1)])
+  old.write_rationales([_rat(0), _rat(1)])
+  (out / "selection.json").write_text("{}")
+
+  def build(name, rows):
+    built = RationaleCache.create(str(out / name), source={"kind": name})
+    built.write_examples([_ex(1), _ex(2)])
+    built.write_rationales(rows)
+    return built
+
+  new = RationaleCache(str(out)).replace_with(build(".built-1", [_rat(2, 0), _rat(2, 1)]))
+  assert new.keys() == {("ex-2", "t", "p", 0), ("ex-2", "t", "p", 1)}
+  assert new.keys("examples") == {("ex-1",), ("ex-2",)}
+  assert new.manifest["source"] == {"kind": ".built-1"} and new.verify() == []
+  assert sorted(os.listdir(out)) == [".lock", "examples", "manifest.json", "rationales", "selection.json"]
+
+  calls = []
+  real = files.replace_dir
+
+  def dies_on_the_second(src, dst):
+    calls.append(dst)
+    if len(calls) == 2:
+      raise OSError("killed")
+    real(src, dst)
+
+  monkeypatch.setattr(files, "replace_dir", dies_on_the_second)
+  with pytest.raises(OSError, match="killed"):
+    RationaleCache(str(out)).replace_with(build(".built-2", [_rat(1)]))
+  monkeypatch.undo()
+  with pytest.raises(DataError, match="no manifest.json"):
+    RationaleCache.open(str(out))
+  again = RationaleCache(str(out)).replace_with(build(".built-3", [_rat(1)]))
+  assert again.keys() == {("ex-1", "t", "p", 0)} and again.verify() == []

@@ -458,7 +458,7 @@ def _json_out(text):
 
 
 def test_cli_verify_info_and_reimport_after_a_lost_shard(dss_fixture_dir, tmp_path):
-  from jaxdistill.data.cache import RationaleCache
+  from jaxdistill.data.rationale_cache import RationaleCache
   out = str(tmp_path / "cache")
   args = ("import-dss", "--task=cqa", f"--src={dss_fixture_dir}", "--split=all", f"--out={out}")
   assert _cli(*args).returncode == 0
@@ -485,7 +485,7 @@ def test_cli_verify_info_and_reimport_after_a_lost_shard(dss_fixture_dir, tmp_pa
 
 
 def test_cli_verify_repair_accepts_the_shards(dss_fixture_dir, tmp_path):
-  from jaxdistill.data.cache import RationaleCache
+  from jaxdistill.data.rationale_cache import RationaleCache
   out = str(tmp_path / "cache")
   assert _cli("import-dss", "--task=cqa", f"--src={dss_fixture_dir}", "--split=all", f"--out={out}").returncode == 0
   pathlib.Path(RationaleCache(out).shard_files("rationales")[-1]).unlink()
@@ -511,7 +511,7 @@ def test_cli_verify_repair_accepts_the_shards(dss_fixture_dir, tmp_path):
 def test_import_killed_between_examples_and_rationales_is_completed_by_rerun(dss_fixture_dir, tmp_path,
                                                                              monkeypatch):
   from jaxdistill import cache as cache_tool
-  from jaxdistill.data.cache import RationaleCache
+  from jaxdistill.data.rationale_cache import RationaleCache
   out = str(tmp_path / "cache")
 
   def killed(self, rows):
@@ -581,7 +581,7 @@ def test_real_release_imports_via_cli(dss_root, tmp_path):
       assert 8 < words < 13  # "about 10 words"
   m = re.fullmatch(r"teacher accuracy: (\d\.\d{4}) \((\d+)/(\d+)\)", accuracy[("esnli", "valid")])
   assert m and m.group(3) == "9842" and abs(float(m.group(1)) - 0.7317) <= 0.002
-  from jaxdistill.data.cache import RationaleCache
+  from jaxdistill.data.rationale_cache import RationaleCache
   cache = RationaleCache.open(out)
   counts = cache.manifest["counts"]
   expected = {}

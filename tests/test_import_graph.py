@@ -38,7 +38,7 @@ DYNAMIC_IMPORTS = {
 ALLOWED_CYCLE_EDGES = {
     # hf.family_module(family) loads a family module; every family imports hf's checkpoint
     # conversion (Tensor, read_config, ...). Undoing it means moving the family table out of hf
-    # (callers in models/students.py, select.py, embed.py).
+    # (callers in models/students.py, select/scoring.py, embed.py).
     ("jaxdistill.models.hf", "jaxdistill.models.t5"),
     ("jaxdistill.models.hf", "jaxdistill.models.bert"),
     ("jaxdistill.models.hf", "jaxdistill.models.deberta"),
@@ -173,7 +173,7 @@ def test_the_graph_is_read():
   """Guards the reader itself: known edges of each kind are found."""
   assert "jaxdistill.traces.decomposers" in GRAPH["jaxdistill.data.sources.babi"]  # from-import of a module
   assert "jaxdistill.data.examples" in GRAPH["jaxdistill.data.sources.babi"]  # from-import of names
-  assert "jaxdistill.data.cache" in GRAPH["jaxdistill.data.sources.common"]  # function-level import
+  assert "jaxdistill.data.rationale_cache" in GRAPH["jaxdistill.data.sources.common"]  # function-level import
   assert "jaxdistill.data.sources.babi" in GRAPH["jaxdistill.data.sources"]  # SOURCES, loaded dynamically
   assert "jaxdistill.models.llama" in GRAPH["jaxdistill.models.hf"]  # FAMILIES, loaded dynamically
   assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

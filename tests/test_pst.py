@@ -10,7 +10,7 @@ from flax import nnx
 from jaxdistill import cache as cache_tool
 from jaxdistill import methods
 from jaxdistill.data import formats, pipeline
-from jaxdistill.data.cache import RationaleCache
+from jaxdistill.data.rationale_cache import RationaleCache
 from jaxdistill.data.examples import Example, Rationale
 from jaxdistill.data.tokenizer import ByteTokenizer
 from jaxdistill.objectives import losses, semantic

@@ -14,7 +14,7 @@ from jaxdistill import config as config_lib
 from jaxdistill import train
 from jaxdistill import workdir as workdir_lib
 from jaxdistill.data import formats, sources
-from jaxdistill.data.cache import RationaleCache
+from jaxdistill.data.rationale_cache import RationaleCache
 from jaxdistill.data.examples import Example, Rationale
 from tests import train_utils as tu
 

@@ -1,4 +1,4 @@
-"""MoRSD selection (jaxdistill/select.py): RD against a hand computation, the filters, keep-k,
+"""MoRSD selection (jaxdistill/select/): RD against a hand computation, the filters, keep-k,
 config errors, and select runs end to end (warm-up readers on the demo; a saved scorer on DSS CQA)."""
 
 import json
@@ -15,7 +15,7 @@ from ml_collections import config_flags
 from configs import morsd
 from jaxdistill import partitioning, select
 from jaxdistill.data import sources
-from jaxdistill.data.cache import RationaleCache
+from jaxdistill.data.rationale_cache import RationaleCache
 from jaxdistill.data.examples import Example, Rationale
 from jaxdistill.data.tokenizer import ByteTokenizer
 from jaxdistill.models import bert, hf, llama, t5

@@ -72,7 +72,7 @@ def test_jsonl_fixture():
 
 
 def test_jsonl_rationales_from_cache(tmp_path):
-  from jaxdistill.data.cache import RationaleCache
+  from jaxdistill.data.rationale_cache import RationaleCache
   from jaxdistill.data.examples import Rationale
   cache = RationaleCache.create(str(tmp_path / "cache"))
   r = Rationale("j1", "local-teacher", "p1", 0, "from the cache", "entailment", True)

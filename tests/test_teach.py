@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from jaxdistill import teach
-from jaxdistill.data.cache import RationaleCache
+from jaxdistill.data.rationale_cache import RationaleCache
 from jaxdistill.errors import ConfigError
 from jaxdistill.teachers import base
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jaxdistill import serve, teach
-from jaxdistill.data.cache import RationaleCache
+from jaxdistill.data.rationale_cache import RationaleCache
 from tests import openai_fake
 from tests import train_utils as tu
 from tests.test_local_teacher import tiny_checkpoint  # pylint: disable=unused-import  (session fixture)

@@ -60,6 +60,12 @@ def test_bpe_save_reload_same_ids(bpe_dir, tmp_path):
   assert via_path.eos_id == 1 and via_path.pad_id == 0
 
 
+def test_saved_tokenizer_is_found_with_its_kind(bpe_dir, tmp_path):
+  assert tk.is_saved(bpe_dir) and tk.saved_kind(bpe_dir) == "bpe"
+  assert sorted(os.listdir(os.path.dirname(bpe_dir))) == ["bpe"]  # saved whole: no temp directory left
+  assert not tk.is_saved(str(tmp_path)) and not tk.is_saved(None) and tk.saved_kind(str(tmp_path)) is None
+
+
 def test_existing_save_dir_is_loaded_not_retrained(bpe_dir):
   before = open(os.path.join(bpe_dir, "tokenizer.json")).read()
   tok = tk.load_tokenizer("bpe", ["completely different corpus"] * 3, save_dir=bpe_dir, vocab_size=300)

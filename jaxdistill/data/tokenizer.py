@@ -22,6 +22,8 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from jaxdistill import files
+
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 TRAINED_KINDS = ("bpe", "wordpiece")
 _META = "jaxdistill_tokenizer.json"
@@ -220,8 +222,19 @@ def _load_saved(save_dir: str, kind: str) -> Tokenizer:
   return HFTokenizer(hf, name=kind)
 
 
-def _is_saved(save_dir: str | None) -> bool:
+def is_saved(save_dir: str | None) -> bool:
+  """Whether `save_dir` holds a tokenizer that `load_tokenizer` trained and saved there."""
   return bool(save_dir) and os.path.exists(os.path.join(save_dir, "tokenizer.json"))
+
+
+def saved_kind(save_dir: str) -> str | None:
+  """The kind ("bpe" / "wordpiece") recorded with the tokenizer saved in `save_dir`; None when no
+  kind is recorded there."""
+  meta_path = os.path.join(save_dir, _META)
+  if not os.path.exists(meta_path):
+    return None
+  with open(meta_path) as f:
+    return json.load(f).get("kind")
 
 
 def load_tokenizer(spec: str, texts: Iterable[str] | None = None, save_dir: str | None = None,
@@ -234,13 +247,10 @@ def load_tokenizer(spec: str, texts: Iterable[str] | None = None, save_dir: str 
   if spec == "byte":
     return ByteTokenizer()
   if spec in TRAINED_KINDS:
-    if _is_saved(save_dir):
-      meta_path = os.path.join(save_dir, _META)
-      if os.path.exists(meta_path):
-        with open(meta_path) as f:
-          saved_kind = json.load(f).get("kind")
-        if saved_kind != spec:
-          raise ValueError(f"{save_dir} holds a {saved_kind!r} tokenizer but {spec!r} was requested")
+    if is_saved(save_dir):
+      kind = saved_kind(save_dir)
+      if kind is not None and kind != spec:
+        raise ValueError(f"{save_dir} holds a {kind!r} tokenizer but {spec!r} was requested")
       return _load_saved(save_dir, spec)
     if texts is None:
       raise ValueError(f"tokenizer {spec!r} must be trained: pass `texts` (or a save_dir holding one)")
@@ -248,15 +258,11 @@ def load_tokenizer(spec: str, texts: Iterable[str] | None = None, save_dir: str 
     from transformers import PreTrainedTokenizerFast
     hf = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token=PAD, eos_token=EOS, unk_token=UNK)
     if save_dir:
-      os.makedirs(save_dir, exist_ok=True)
-      tmp = save_dir.rstrip("/") + f".tmp-{os.getpid()}"
-      hf.save_pretrained(tmp)  # writes tokenizer.json + tokenizer_config.json + special tokens
-      with open(os.path.join(tmp, _META), "w") as f:
-        json.dump({"kind": spec, "vocab_size": vocab_size}, f)
-      # File-by-file atomic renames, tokenizer.json (the "is saved" marker) last.
-      for name in sorted(os.listdir(tmp), key=lambda n: (n == "tokenizer.json", n)):
-        os.replace(os.path.join(tmp, name), os.path.join(save_dir, name))
-      os.rmdir(tmp)
+      # Swapped in whole, so tokenizer.json (the "is saved" marker) never sits beside half a save.
+      with files.atomic_dir(save_dir) as tmp:
+        hf.save_pretrained(tmp)  # writes tokenizer.json + tokenizer_config.json + special tokens
+        with open(os.path.join(tmp, _META), "w") as f:
+          json.dump({"kind": spec, "vocab_size": vocab_size}, f)
       return _load_saved(save_dir, spec)
     return HFTokenizer(hf, name=spec)
   from transformers import AutoTokenizer

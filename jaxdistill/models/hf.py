@@ -30,7 +30,6 @@ import importlib
 import json
 import os
 import re
-import shutil
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping
@@ -40,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from jaxdistill import files
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -278,10 +279,6 @@ def save(model: nnx.Module, path: str, *, tokenizer=None) -> None:
   temporary directory first and renamed into place: an interrupted export leaves no half model."""
   from safetensors.numpy import save_file
   family = family_of(model)
-  tmp, old = path.rstrip("/") + ".tmp", path.rstrip("/") + ".old"
-  for leftover in (tmp, old):  # of an export killed midway: the next one starts clean
-    shutil.rmtree(leftover, ignore_errors=True)
-  os.makedirs(tmp)
   tensors = state_dict(model)
   # safetensors refuses shared memory between tensors: tied aliases are written as copies.
   seen: dict[int, str] = {}
@@ -289,17 +286,13 @@ def save(model: nnx.Module, path: str, *, tokenizer=None) -> None:
     if id(value) in seen:
       tensors[name] = value.copy()
     seen[id(value)] = name
-  save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
-  with open(os.path.join(tmp, CONFIG), "w") as f:
-    json.dump(family.hf_config(model.config), f, indent=2, sort_keys=True)
-  if tokenizer is not None:  # a transformers tokenizer, or jaxdistill's wrapper of one (`.hf`)
-    backend = getattr(tokenizer, "hf", tokenizer)
-    if not hasattr(backend, "save_pretrained"):
-      raise TypeError(f"hf.save: cannot save tokenizer {tokenizer!r} (no save_pretrained)")
-    backend.save_pretrained(tmp)
-  if os.path.exists(path):
-    os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.replace(tmp, path)
+  # A killed export's leftovers (PATH.tmp, PATH.old) are cleared by the next one.
+  with files.atomic_dir(path) as tmp:
+    save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
+    with open(os.path.join(tmp, CONFIG), "w") as f:
+      json.dump(family.hf_config(model.config), f, indent=2, sort_keys=True)
+    if tokenizer is not None:  # a transformers tokenizer, or jaxdistill's wrapper of one (`.hf`)
+      backend = getattr(tokenizer, "hf", tokenizer)
+      if not hasattr(backend, "save_pretrained"):
+        raise TypeError(f"hf.save: cannot save tokenizer {tokenizer!r} (no save_pretrained)")
+      backend.save_pretrained(tmp)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdistill import files
 from jaxdistill.data.formats import RATIONALE
 from jaxdistill.data.sources import cfg_get
 from jaxdistill.models import common
@@ -113,7 +114,7 @@ def cache_embeddings(cache_dir: str, encoder: str) -> dict[str, np.ndarray]:
   embedded by `encoder` (`python -m jaxdistill.cache embed`); {} otherwise."""
   if not cache_dir:
     return {}
-  from jaxdistill.data.cache import RationaleCache  # pylint: disable=g-import-not-at-top
+  from jaxdistill.data.rationale_cache import RationaleCache  # pylint: disable=g-import-not-at-top
   cache = RationaleCache.open(cache_dir)
   info = (cache.manifest.get("source") or {}).get("embedding") or {}
   if info.get("encoder") != encoder:
@@ -150,9 +151,8 @@ def build_targets(texts: Sequence[str], encoder: str, *, known: Mapping[str, np.
     vectors.update(zip(missing, embed_fn(missing)))
   table = np.stack([np.asarray(vectors[t], np.float32) for t in texts]) if texts else np.zeros((0, 1), np.float32)
   if save_path and missing:
-    tmp = save_path + ".tmp.npz"
-    np.savez(tmp, texts=np.asarray(texts, dtype=str), table=table, encoder=np.asarray(encoder))
-    os.replace(tmp, save_path)
+    with files.atomic_open(save_path) as f:
+      np.savez(f, texts=np.asarray(texts, dtype=str), table=table, encoder=np.asarray(encoder))
   return SemanticTargets(table, {t: i + 1 for i, t in enumerate(texts)}, encoder)
 
 

@@ -153,7 +153,7 @@ def cached_rationales(config_data, example_ids: Iterable[str]) -> dict[str, list
   cache_dir = cfg_get(config_data, "cache_dir", "") or ""
   if not cache_dir:
     return None
-  from jaxdistill.data.cache import RationaleCache  # pylint: disable=g-import-not-at-top
+  from jaxdistill.data.rationale_cache import RationaleCache  # pylint: disable=g-import-not-at-top
   ids = set(example_ids)
   return group_rationales(RationaleCache.open(cache_dir).read_rationales(example_ids=ids), ids)
 

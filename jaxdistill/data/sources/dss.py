@@ -427,7 +427,7 @@ def load(config_data) -> Dataset:
   skipped: dict[str, int] = {}
   cache = None
   if cache_dir:
-    from jaxdistill.data.cache import RationaleCache  # pylint: disable=g-import-not-at-top
+    from jaxdistill.data.rationale_cache import RationaleCache  # pylint: disable=g-import-not-at-top
     if not RationaleCache.exists(cache_dir):
       raise FileNotFoundError(
           f"config.data.cache_dir={cache_dir!r} holds no rationale cache; build it with "

@@ -15,8 +15,9 @@ Why this shape:
 - Shards are plain Parquet, so pyarrow, pandas and `datasets.load_dataset("parquet",
   data_files=".../rationales/*.parquet")` read them with no jaxdistill code.
 - Every write call adds one new shard, written to a hidden temp file in the same
-  directory, fsync'ed and `os.replace`d: a reader never sees half a shard, and a crash
-  leaves at most a temp file, which the next writer removes (`_is_stale_temp`).
+  directory, fsync'ed and renamed (`files.atomic_open`): a reader never sees half a
+  shard, and a crash leaves at most a temp file, which the next writer removes
+  (`_is_stale_temp`). `replace_with` swaps a whole cache built elsewhere in.
 - Writers hold an exclusive `flock` on `.lock` while they check which keys exist and
   add their shard, so several processes (or hosts on a filesystem with working flock)
   writing at once never duplicate a key. Rationales are keyed by
@@ -48,6 +49,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -504,8 +506,11 @@ class RationaleCache:
     except FileNotFoundError:
       return None
     except DataError as e:
-      kept = os.path.join(self.path, f"{MANIFEST}.unreadable-{time.time_ns()}")
-      os.replace(os.path.join(self.path, MANIFEST), kept)
+      path = os.path.join(self.path, MANIFEST)
+      kept = f"{path}.unreadable-{time.time_ns()}"
+      with open(path, "rb") as f:
+        files.atomic_write_bytes(kept, f.read())
+      os.remove(path)
       logging.warning("%s; moved to %s", e, kept)
       return None
 
@@ -571,6 +576,25 @@ class RationaleCache:
     columns (float scores such as `rd`, `embedding` as a float list).
     """
     return self._write_rows(RATIONALES, [_rationale_row(r) for r in rows])
+
+  def replace_with(self, built: "RationaleCache") -> "RationaleCache":
+    """Makes this directory hold the cache `built` (written elsewhere on the same filesystem, e.g.
+    in a hidden directory inside this one) instead of its own, and removes `built`'s directory.
+    Other files here are left alone. This manifest goes first and `built`'s comes last, so a reader
+    sees the old cache, no cache (`open` refuses), or the new one, never a mix of the two; a
+    replace killed midway leaves no cache, and the next one completes. Returns the cache opened."""
+    with self._locked():
+      manifest = os.path.join(self.path, MANIFEST)
+      if os.path.exists(manifest):
+        os.remove(manifest)  # from here on this directory is no cache until the new manifest lands
+      for kind in KINDS:
+        files.replace_dir(os.path.join(built.path, kind), os.path.join(self.path, kind))
+      with open(os.path.join(built.path, MANIFEST), "rb") as f:
+        files.atomic_write_bytes(manifest, f.read())  # shard paths in it are relative: still true here
+      self._seen_shards = {k: set() for k in KINDS}
+      self._keys = {k: set() for k in KINDS}
+    shutil.rmtree(built.path, ignore_errors=True)
+    return type(self).open(self.path)
 
   # --- reading --------------------------------------------------------------------------
 
