@@ -2,8 +2,8 @@
 
     python benchmarks/mfu.py [--configs t5-small:8,t5-mini:16] [--steps 5] [--windows 2] [--profile]
 
-For each `preset:batch_size` (packed rows, cot objective on real e-SNLI, the same set-up as
-benchmarks/train_throughput.py):
+For each `preset:batch_size` (packed rows, cot objective on real e-SNLI, built by `train.setup` in a
+temporary workdir, the same set-up as benchmarks/train_throughput.py):
 
 * FLOPs per step, two ways:
   - analytical (reported): every matmul of the T5 forward on the padded batch shape
@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -221,8 +222,7 @@ def main(argv=None):
                            "--row_source_len", str(args.row_source_len), "--row_target_len", str(args.row_target_len),
                            "--dtype", args.dtype, "--data", args.data, "--packer", args.packer])
     config = tt.make_config(targs)
-    examples, by_id, labels, tok = tt.load_data(targs, config, _tokenizer_dir())
-    side = tt.JaxSide(config, examples, by_id, labels, tok)
+    side = tt.JaxSide(config, tempfile.mkdtemp(prefix=f"jaxdistill_mfu_{preset}_"))
     compile_s = side.compile()
     model_config = side.student.spec.config
     probe_batch = next(side.iter)
@@ -284,7 +284,7 @@ def main(argv=None):
 
 def profile(side, args, preset: str, analytical: float) -> dict:
   import jax
-  from jaxdistill.data import pipeline
+  from jaxdistill.data import formats, pipeline
   # (a) host-side breakdown with a sync per step.
   t_data = t_put = t_step = 0.0
   n = args.steps
@@ -299,8 +299,12 @@ def profile(side, args, preset: str, analytical: float) -> dict:
     jax.block_until_ready(side.state)
     t3 = time.perf_counter()
     t_data, t_put, t_step = t_data + t1 - t0, t_put + t2 - t1, t_step + t3 - t2
-  c = side.config
-  it = pipeline.make_train_iterator(side.records, side._tok, per_host_batch_size=c.train.batch_size,
+  c, dataset = side.config, side.job.dataset
+  # The pipeline alone without its prefetch thread, which train.setup always starts: built here from
+  # the job's records, rows and tokenizer.
+  records = formats.records_per_epoch(dataset.splits["train"], dataset.rationales, c.objective, dataset.labels,
+                                      seed=c.data.seed)
+  it = pipeline.make_train_iterator(records, side.job.tokenizer, per_host_batch_size=c.train.batch_size,
                                     max_source_len=side.rows[0], max_target_len=side.rows[1], packer=c.data.packer,
                                     truncate_source_len=c.data.max_source_len, truncate_target_len=c.data.max_target_len,
                                     packing=True, seed=c.data.seed + 1, prefetch=0)
@@ -352,16 +356,6 @@ def profile(side, args, preset: str, analytical: float) -> dict:
           f"{cost.get('transcendentals', 0.0) / 1e6:.1f} M", flush=True)
   return out
 
-
-_TOKDIR = None
-
-
-def _tokenizer_dir():
-  global _TOKDIR
-  if _TOKDIR is None:
-    import tempfile
-    _TOKDIR = tempfile.mkdtemp(prefix="jaxdistill_mfu_tok_")
-  return _TOKDIR
 
 
 if __name__ == "__main__":

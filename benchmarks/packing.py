@@ -34,9 +34,8 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 from configs import cot  # noqa: E402
-from jaxdistill.data import formats, pipeline, sources  # noqa: E402
 from jaxdistill import train as train_lib  # noqa: E402
-from jaxdistill.data import tokenizer as tokenizer_lib  # noqa: E402
+from jaxdistill.data import formats, pipeline  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(ROOT), "shared", "data", "dss")
 
@@ -46,15 +45,15 @@ def round8(x: float) -> int:
 
 
 def load(task: str, data_dir: str, seed: int):
+  """(train examples, cot records, tokenizer) as a run reads them. Not `train.setup`: the packers are
+  compared on the raw records, each in its own iterator, and no student is needed."""
   config = cot.get_config()
   config.data.source, config.data.task = "dss", task
   config.data.path = os.path.join(data_dir, task)
   config.data.seed = seed
-  dataset = sources.load_dataset(config.data)
+  dataset, _ = train_lib.load_dataset(config)
   train = dataset.splits["train"]
-  tok = tokenizer_lib.load_tokenizer(
-      train_lib.tokenizer_spec(config.model), texts=formats.tokenizer_corpus(train, dataset.rationales, dataset.labels),
-      vocab_size=int(config.model.vocab_size))
+  tok = train_lib.load_tokenizer(config, dataset, workdir="", save=False)
   records = formats.records_per_epoch(train, dataset.rationales, config.objective, dataset.labels,
                                       seed=config.data.seed)
   return len(train), records, tok

@@ -2,11 +2,12 @@
 
     python benchmarks/train_throughput.py [--preset t5-small] [--batch_size 8] [--steps 5] [--windows 3]
 
-jaxdistill side: the real thing. `configs/cot.py` (Distilling Step-by-Step, alpha=0.5), real e-SNLI
-(DSS release, `valid` split, 9,842 examples + PaLM-540B rationales), the trained BPE tokenizer,
-`train.build_student` + `train.make_train_step` on a 1-device mesh from `partitioning.make_mesh`,
-batches from `pipeline.make_train_iterator` (Grain, packing on, prefetch thread) over
-`formats.records_per_epoch`. `--batch_size` is the config's `train.batch_size`: packed *rows*.
+jaxdistill side: the real thing, built as a run builds it. `configs/cot.py` (Distilling Step-by-Step,
+alpha=0.5) on real e-SNLI (`data.source=dss`: the DSS release's `valid` split minus its last 1,000 dev
+examples = 8,842 training examples + PaLM-540B rationales), `train.setup(config, tmp_workdir)` on a
+1-device mesh: the trained BPE tokenizer, the row shape, the training iterator (Grain, packing on,
+prefetch thread) and the student, then `train.make_train_step`. `--batch_size` is the config's
+`train.batch_size`: packed *rows*.
 
 Reference side: the Distilling Step-by-Step recipe (google-research/distilling-step-by-step,
 `TaskPrefixTrainer`) written with transformers' PyTorch `T5ForConditionalGeneration` of the same shape
@@ -29,10 +30,11 @@ load drifts hit both. No host sync inside a jaxdistill window: only the window's
 `jax.block_until_ready`-ed. The ratio is jaxdistill / reference of the summed examples / summed seconds.
 
 Memory: `jax.devices()[0].memory_stats()` is None on CPU, so each side runs once more in its own
-subprocess (`--memory`, default on): RSS before the model exists (framework + data + tokenizer), peak RSS
-including compilation/warm-up, then the peak is reset (`/proc/self/clear_refs` = 5) and the peak RSS of
-`--memory_steps` training steps is read from VmHWM. Reported: steady-state training peak minus the
-pre-model RSS (parameters, optimizer state, activations, workspaces, allocator slack).
+subprocess (`--memory`, default on): RSS once the framework is imported (before the data, the tokenizer
+and the model: `train.setup` builds them together), peak RSS including compilation/warm-up, then the
+peak is reset (`/proc/self/clear_refs` = 5) and the peak RSS of `--memory_steps` training steps is read
+from VmHWM. Reported: steady-state training peak minus that RSS (data and tokenizer, a few tens of MB;
+parameters, optimizer state, activations, workspaces, allocator slack).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def parse_args(argv=None):
   p.add_argument("--skip_reference", action="store_true", help="jaxdistill side only")
   p.add_argument("--json", default="", help="also write the results here")
   p.add_argument("--_probe", default="", help=argparse.SUPPRESS)  # jax | torch (memory subprocess)
-  p.add_argument("--_tokenizer_dir", default="", help=argparse.SUPPRESS)
+  p.add_argument("--_workdir", default="", help=argparse.SUPPRESS)  # the main run's (its trained tokenizer)
   return p.parse_args(argv)
 
 
@@ -94,6 +96,8 @@ def parse_args(argv=None):
 def make_config(args):
   from configs import cot
   config = cot.get_config()
+  config.data.source, config.data.task, config.data.path = "dss", "esnli", args.data
+  config.data.max_eval_examples = 1  # setup() batches dev/test for evaluation; nothing here evaluates
   config.model.preset = args.preset
   config.model.dtype = args.dtype
   config.train.batch_size = args.batch_size
@@ -106,19 +110,19 @@ def make_config(args):
   return config
 
 
-def load_data(args, config, tokenizer_dir: str | None = None):
-  """(examples, rationales by id, labels, tokenizer) of e-SNLI valid, as the benchmark uses them."""
-  from jaxdistill.data import formats
-  from jaxdistill.data import tokenizer as tokenizer_lib
-  from jaxdistill import train as train_lib
-  from jaxdistill.data.sources import dss, group_rationales
-  examples, rationales, _ = dss.read_split(args.data, "esnli", "valid")
-  by_id = group_rationales(rationales)
-  labels = list(dss.NLI_LABELS)
-  tok = tokenizer_lib.load_tokenizer(
-      train_lib.tokenizer_spec(config.model), texts=formats.tokenizer_corpus(examples, by_id, labels),
-      save_dir=tokenizer_dir or None, vocab_size=int(config.model.vocab_size))
-  return examples, by_id, labels, tok
+def reference_data(job) -> tuple:
+  """(examples, rationales by id, labels, tokenizer): the training data and tokenizer of the jaxdistill
+  side's job, which the reference trains on too."""
+  return job.dataset.splits["train"], job.dataset.rationales, job.dataset.labels, job.tokenizer
+
+
+def load_data(config, workdir: str) -> tuple:
+  """The same as `reference_data`, read as train.setup reads it, without building a student (the
+  reference's memory probe)."""
+  from jaxdistill import train
+  dataset, _ = train.load_dataset(config)
+  tok = train.load_tokenizer(config, dataset, workdir, save=False)  # the main run's, trained in `workdir`
+  return dataset.splits["train"], dataset.rationales, dataset.labels, tok
 
 
 def batch_counts(batch) -> tuple[int, int, int]:
@@ -207,27 +211,22 @@ def timed(fn):
 class JaxSide:
   name = "jaxdistill"
 
-  def __init__(self, config, examples, by_id, labels, tok):
+  def __init__(self, config, workdir: str):
     import jax
     from jaxdistill import partitioning, train
-    from jaxdistill.data import formats, pipeline
     self.jax, self.partitioning = jax, partitioning
-    self.config, self._tok = config, tok
-    self.mesh = partitioning.make_mesh(config.mesh)
-    self.records = formats.records_per_epoch(examples, by_id, config.objective, labels, seed=config.data.seed)
-    self.rows = train.row_shape(config.data, self.records, tok)
-    self.student, self.state = train.build_student(config, tok.vocab_size, self.mesh)
-    self.n_params = sum(x.size for x in jax.tree.leaves(self.student.params(self.state)))
+    self.config = config
+    self.job = train.setup(config, workdir)  # data, tokenizer, rows, iterator, student: as a run builds them
+    self.mesh, self.student, self.state, self.iter = self.job.mesh, self.job.student, self.job.state, self.job.train_iter
+    self.n_params = self.job.n_params
     self.train_step = train.make_train_step(self.student, config, self.mesh)
+    self.first_batch = next(self.iter)  # compile() runs it; its shape is the row shape setup chose
+    self.rows = (self.first_batch["encoder_input_ids"].shape[1], self.first_batch["decoder_input_ids"].shape[1])
 
-    def iterator():  # as train.run builds it
-      return pipeline.make_train_iterator(
-          self.records, tok, per_host_batch_size=config.train.batch_size,
-          max_source_len=self.rows[0], max_target_len=self.rows[1],
-          truncate_source_len=config.data.max_source_len, truncate_target_len=config.data.max_target_len,
-          packing=config.data.packing, seed=config.data.seed, packer=config.data.packer)
-    self.make_iterator = iterator
-    self.iter = iterator()
+  def make_iterator(self):
+    """A second iterator of the same stream, as setup builds it."""
+    from jaxdistill import train
+    return train.make_train_iterator(self.config, self.job.dataset, self.job.tokenizer, self.student, None)
 
   def examples_per_batch(self, n_batches: int = 200) -> dict:
     """Mean label/rationale segments and tokens per batch, from a separate iterator (same stream)."""
@@ -240,7 +239,7 @@ class JaxSide:
     return dict(label=counts[:, 0].mean(), rationale=counts[:, 1].mean(), tokens=counts[:, 2].mean(), **eff)
 
   def compile(self) -> float:
-    batch = self.partitioning.global_batch(next(self.iter), self.mesh)
+    batch = self.partitioning.global_batch(self.first_batch, self.mesh)
     t0 = time.perf_counter()
     self.compiled = self.train_step.lower(self.state, batch).compile()
     seconds = time.perf_counter() - t0
@@ -399,19 +398,17 @@ class TorchSide:
 
 def probe(args) -> dict:
   config = make_config(args)
-  examples, by_id, labels, tok = load_data(args, config, args._tokenizer_dir)
-  if args._probe == "jax":
-    import jax  # noqa: F401  (imported before the baseline, like torch below)
-    from jaxdistill import train  # noqa: F401  (clu, TensorFlow: framework, not training memory)
-  else:
+  import jax  # noqa: F401  (imported before the baseline: framework, not training memory)
+  from jaxdistill import train  # noqa: F401  (clu, TensorFlow; the reference reads its data through it)
+  if args._probe != "jax":
     import torch  # noqa: F401
     import transformers  # noqa: F401
   base = rss_kb()
   if args._probe == "jax":
-    side = JaxSide(config, examples, by_id, labels, tok)
+    side = JaxSide(config, args._workdir)
     side.compile()
   else:
-    side = TorchSide(config, examples, by_id, labels, tok, batch_size=args.ref_batch_size)
+    side = TorchSide(config, *load_data(config, args._workdir), batch_size=args.ref_batch_size)
   side.run(args.warmup)
   peak_with_compile = rss_kb("VmHWM")
   reset_ok = reset_peak_rss()
@@ -421,8 +418,8 @@ def probe(args) -> dict:
               train_delta_mb=(rss_kb("VmHWM") - base) / 1024)
 
 
-def run_probe(args, side: str, tokenizer_dir: str, ref_batch_size: int) -> dict | None:
-  cmd = [sys.executable, os.path.abspath(__file__), "--_probe", side, "--_tokenizer_dir", tokenizer_dir,
+def run_probe(args, side: str, workdir: str, ref_batch_size: int) -> dict | None:
+  cmd = [sys.executable, os.path.abspath(__file__), "--_probe", side, "--_workdir", workdir,
          "--preset", args.preset, "--batch_size", str(args.batch_size), "--ref_batch_size", str(ref_batch_size),
          "--row_source_len", str(args.row_source_len), "--row_target_len", str(args.row_target_len),
          "--dtype", args.dtype, "--data", args.data, "--warmup", str(args.warmup), "--packer", args.packer,
@@ -469,15 +466,15 @@ def main(argv=None):
 
   config = make_config(args)
   t0 = time.perf_counter()
-  tokenizer_dir = tempfile.mkdtemp(prefix="jaxdistill_bench_tok_")
-  examples, by_id, labels, tok = load_data(args, config, tokenizer_dir)
-  print(f"data: e-SNLI valid {len(examples)} examples, {sum(len(v) for v in by_id.values())} PaLM rationales; "
-        f"tokenizer {tok} ({time.perf_counter() - t0:.1f}s)", flush=True)
+  workdir = tempfile.mkdtemp(prefix="jaxdistill_bench_")
+  jx = JaxSide(config, workdir)
+  examples, by_id, labels, tok = reference_data(jx.job)
+  print(f"data: e-SNLI train split {len(examples)} examples, {sum(len(v) for v in by_id.values())} PaLM rationales; "
+        f"tokenizer {tok} (train.setup incl. the student: {time.perf_counter() - t0:.1f}s)", flush=True)
   print(f"machine: {os.cpu_count()} CPUs ({cpu_name()}), jax {jax.__version__} ({jax.devices()[0].platform}), "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}; "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; load average {os.getloadavg()[0]:.2f}", flush=True)
 
-  jx = JaxSide(config, examples, by_id, labels, tok)
   per_batch = jx.examples_per_batch()
   ref_b = args.ref_batch_size or max(1, int(round(per_batch["label"])))
   print(f"jaxdistill: {args.preset} {jx.n_params / 1e6:.2f}M params, {args.dtype}, batch {args.batch_size} packed rows "
@@ -533,9 +530,9 @@ def main(argv=None):
 
   memory = {}
   if args.memory:
-    memory["jaxdistill"] = run_probe(args, "jax", tokenizer_dir, ref_b)
+    memory["jaxdistill"] = run_probe(args, "jax", workdir, ref_b)
     if not args.skip_reference:
-      memory["reference"] = run_probe(args, "torch", tokenizer_dir, ref_b)
+      memory["reference"] = run_probe(args, "torch", workdir, ref_b)
 
   print()
   print(f"preset {args.preset}, jaxdistill batch {args.batch_size} rows [{jx.rows[0]}|{jx.rows[1]}] "
@@ -544,7 +541,7 @@ def main(argv=None):
         f"({'clean' if clean_pairs else 'CONTENDED'}: {used} of {w}; {waited:.0f}s spent waiting for other "
         f"processes to leave the CPUs); load average {os.getloadavg()[0]:.2f}")
   print(f"{'side':12s} {'step s':>7s} {'examples/s':>11s} {'tokens/s':>9s}  peak RSS during training - RSS before "
-        f"the model (absolute; incl. compile)")
+        f"the data and model (absolute; incl. compile)")
   for name, s in summary.items():
     m = memory.get(name)
     mem = (f"{m['train_delta_mb']:.0f} MB ({m['peak_rss_train_mb']:.0f} MB; {m['peak_rss_incl_compile_mb']:.0f} MB)"

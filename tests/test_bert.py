@@ -12,7 +12,7 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxdistill.models import bert, common
+from jaxdistill.models import bert, common, families
 from jaxdistill.models import hf as hf_io
 from tests import hf_utils
 
@@ -154,7 +154,7 @@ def test_export_loads_in_transformers_and_back(golden, tmp_path):
   assert type(reloaded_hf) is expected
   _assert_matches(ours, _hf_outputs(reloaded_hf, ids, tt, mask), mask)
 
-  reloaded = hf_io.load(path)
+  reloaded = families.load(path)
   assert reloaded.config == model.config  # add_pooler and the position offset survive
   for (a, b) in zip(_forward(reloaded, ids, tt), ours):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -262,7 +262,7 @@ SENTENCES = [
 
 def test_all_minilm_l6_v2_sentence_embeddings():
   path = bert.packaged_minilm_dir()
-  model = hf_io.load(path)
+  model = families.load(path)
   assert model.config == bert.get_config("minilm-l6")
   tok = transformers.AutoTokenizer.from_pretrained(path)
   enc = tok(SENTENCES, padding=True, return_tensors="np")

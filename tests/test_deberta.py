@@ -13,7 +13,7 @@ import transformers
 from flax import nnx
 from transformers.models.deberta_v2 import modeling_deberta_v2
 
-from jaxdistill.models import deberta
+from jaxdistill.models import deberta, families
 from jaxdistill.models import hf as hf_io
 from tests import hf_utils
 
@@ -210,7 +210,7 @@ def test_export_loads_in_transformers(golden, tmp_path):
   assert type(reloaded).__name__ == "DebertaV2Model"
   valid = ids != 0
   np.testing.assert_allclose(_hf_hidden(reloaded, ids, types)[valid], ours[valid], atol=1e-4, rtol=0)
-  loaded = hf_io.load(str(tmp_path / "export"))
+  loaded = families.load(str(tmp_path / "export"))
   assert loaded.config == model.config
   np.testing.assert_array_equal(np.asarray(_hidden(loaded, ids, types)), ours)
 

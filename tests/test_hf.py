@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 from configs import base
 from jaxdistill import partitioning
-from jaxdistill.models import hf, llama
+from jaxdistill.models import families, hf, llama
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_sharded_index_loads_onto_mesh(saved, tmp_path):
   model, path = saved
   _shard(path, str(tmp_path / "sharded"))
   mesh = partitioning.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-  loaded = hf.load(str(tmp_path / "sharded"), mesh=mesh, rules=base.get_config().logical_axis_rules)
+  loaded = families.load(str(tmp_path / "sharded"), mesh=mesh, rules=base.get_config().logical_axis_rules)
   want, got = hf.state_dict(model), hf.state_dict(loaded)
   assert sorted(want) == sorted(got)
   for name in want:
@@ -54,15 +54,15 @@ def test_sharded_index_loads_onto_mesh(saved, tmp_path):
 def test_load_errors_name_the_directory(saved, tmp_path):
   _, path = saved
   with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
-    hf.load(str(tmp_path))
+    families.load(str(tmp_path))
   bad = tmp_path / "bad"
   bad.mkdir()
   (bad / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
   with pytest.raises(ValueError, match="gpt_neox.*not supported"):
-    hf.load(str(bad))
+    families.load(str(bad))
   (bad / "config.json").write_text(json.dumps(hf.read_config(path)))
   with pytest.raises(FileNotFoundError, match="no model.safetensors"):
-    hf.load(str(bad))
+    families.load(str(bad))
 
 
 def test_export_after_a_killed_export_replaces_its_leftovers(saved, tmp_path):

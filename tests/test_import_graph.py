@@ -27,23 +27,15 @@ PACKAGE = "jaxdistill"
 DYNAMIC_IMPORTS = {
     # load_dataset imports a source by config.data.source (tfds / HF sources are heavy).
     "jaxdistill.data.sources": ("SOURCES", lambda path: path),
-    # family_module imports a model family by HF model_type / preset family.
-    "jaxdistill.models.hf": ("FAMILIES", lambda family: f"jaxdistill.models.{family}"),
+    # family_module imports a model family by name (a student preset's or an HF model_type's family).
+    "jaxdistill.models.families": ("FAMILIES", lambda path: path),
     # checkpoint_dir finds a packaged checkpoint's directory through its family module.
     "jaxdistill.models.students": ("PACKAGED", lambda entry: entry[0]),
 }
 
 # Edges left out of the cycle check, each a lazy (call-time) import back into a module that the
 # other end imports at module level; Python runs these fine, but they are cycles in the design.
-ALLOWED_CYCLE_EDGES = {
-    # hf.family_module(family) loads a family module; every family imports hf's checkpoint
-    # conversion (Tensor, read_config, ...). Undoing it means moving the family table out of hf
-    # (callers in models/students.py, select/scoring.py, embed.py).
-    ("jaxdistill.models.hf", "jaxdistill.models.t5"),
-    ("jaxdistill.models.hf", "jaxdistill.models.bert"),
-    ("jaxdistill.models.hf", "jaxdistill.models.deberta"),
-    ("jaxdistill.models.hf", "jaxdistill.models.llama"),
-}
+ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 # (importer prefix, forbidden prefix): modules under the first never import modules under the second.
 LAYERS = [
@@ -175,7 +167,7 @@ def test_the_graph_is_read():
   assert "jaxdistill.data.examples" in GRAPH["jaxdistill.data.sources.babi"]  # from-import of names
   assert "jaxdistill.data.rationale_cache" in GRAPH["jaxdistill.data.sources.common"]  # function-level import
   assert "jaxdistill.data.sources.babi" in GRAPH["jaxdistill.data.sources"]  # SOURCES, loaded dynamically
-  assert "jaxdistill.models.llama" in GRAPH["jaxdistill.models.hf"]  # FAMILIES, loaded dynamically
+  assert "jaxdistill.models.llama" in GRAPH["jaxdistill.models.families"]  # FAMILIES, loaded dynamically
   assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
   assert _find_cycle({"a": {"b"}, "b": set()}) is None
 

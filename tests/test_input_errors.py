@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from jaxdistill.models import hf, students
+from jaxdistill.models import families, hf, students
 
 
 def test_checkpoint_dir_without_config_json(tmp_path):
@@ -14,7 +14,7 @@ def test_checkpoint_dir_without_config_json(tmp_path):
   with pytest.raises(FileNotFoundError, match=rf"config\.model\.checkpoint='.*': {config} is missing"):
     students.checkpoint_dir(str(tmp_path))
   with pytest.raises(FileNotFoundError, match=rf"{config} is missing"):
-    hf.load(str(tmp_path))
+    families.load(str(tmp_path))
   with pytest.raises(FileNotFoundError, match=r"nope: no such directory"):
     hf.read_config(str(tmp_path / "nope"))
   assert students.checkpoint_dir("") == ""

@@ -21,7 +21,7 @@ from jaxdistill import config as config_lib
 from jaxdistill import teach, train
 from jaxdistill.data import formats, sources
 from jaxdistill.data import tokenizer as tokenizer_lib
-from jaxdistill.data.cache import RationaleCache
+from jaxdistill.data.rationale_cache import RationaleCache
 from jaxdistill.methods import kd as kd_method
 from jaxdistill.models import hf as hf_io
 from jaxdistill.models import llama

@@ -12,7 +12,7 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxdistill.models import decode, llama
+from jaxdistill.models import decode, families, llama
 from jaxdistill.models import hf as hf_io
 from tests import hf_utils
 
@@ -200,7 +200,7 @@ def test_export_and_import(golden, tmp_path):
                              hf.model.rotary_emb.inv_freq.numpy(), rtol=1e-7)
   ref = _hf_logits(hf, ids, mask)
   np.testing.assert_allclose(_hf_logits(reloaded, ids, mask)[valid], ref[valid], atol=1e-5, rtol=0)
-  ours = hf_io.load(path)
+  ours = families.load(path)
   assert ours.config == model.config
   np.testing.assert_allclose(_logits(ours, batch)[valid], ref[valid], atol=1e-4, rtol=0)
 

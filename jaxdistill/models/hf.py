@@ -1,6 +1,7 @@
-"""Hugging Face checkpoints: a local HF directory <-> a jaxdistill NNX model, for every family.
+"""Hugging Face checkpoints: a local HF directory <-> a jaxdistill NNX model, given its family module.
 
-    model = hf.load("path/to/hf_dir", mesh=mesh, rules=config.logical_axis_rules)
+    model = families.load("path/to/hf_dir", mesh=mesh, rules=config.logical_axis_rules)  # any family
+    model = hf.load("path/to/hf_dir", llama, mesh=mesh)  # a known family's module
     hf.load_weights(model, "path/to/hf_dir")   # into an existing (sharded) model, in place
     hf.save(model, "out_dir", tokenizer=tok)   # config.json + model.safetensors (+ tokenizer files)
 
@@ -9,24 +10,15 @@ with `model.safetensors.index.json`. Tensors are read one at a time (safetensors
 each is placed straight onto the sharding of the parameter it fills, so a checkpoint never sits
 whole on one device.
 
-Family contract: each family module (`t5`, `bert`, `deberta`, `llama`) defines
-    (registered in FAMILIES below by the HF `model_type` values it reads)
-    config_from_hf(d, **kw)  HF config dict -> the family's config (kw overrides: dtype, ...)
-    hf_config(config)        -> the config.json dict transformers loads (incl. "architectures")
-    hf_mapping(model)        -> [Tensor(hf_name, param, to_ours, to_hf), ...] for every param
-    HF_IGNORED               regexes of checkpoint names read and dropped (tied aliases, buffers)
-    HF_PREFIXES (optional)   base-model prefixes of task checkpoints ("bert.", "deberta.")
-    hf_aliases(d) (optional) adds the tied copies transformers' own state dict has, on export
-    build(config, rngs)      -> a new model
-and its model class records its config as `model.config`. `family_of(model)` is the module
-that defines the model's class.
+The conversion of a model is its family module's (the contract is in models/families.py): the
+module that defines the model's class. This module never imports a family module nor the
+registry of them (models/families.py), since every family imports this one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import os
 import re
@@ -61,24 +53,8 @@ def linear(name: str, param: nnx.Param) -> Tensor:
   return Tensor(name, param, lambda w: w.T, lambda w: w.T)
 
 
-# --------------------------------------------------------------------------- families
-
-
-# HF model_type -> family module (imported on first use).
-FAMILIES = {
-    "t5": "t5",
-    "bert": "bert", "roberta": "bert",
-    "deberta-v2": "deberta",
-    "llama": "llama", "qwen2": "llama", "qwen3": "llama", "mistral": "llama",
-}
-
-
-def family_module(family: str) -> types.ModuleType:
-  """The family module by name ("t5", "bert", "deberta", "llama")."""
-  return importlib.import_module(f"jaxdistill.models.{family}")
-
-
-def family_of(model: nnx.Module) -> types.ModuleType:
+def _family(model: nnx.Module) -> types.ModuleType:
+  """The family module of a model: the (already imported) module that defines its class."""
   return sys.modules[type(model).__module__]
 
 
@@ -100,13 +76,6 @@ def read_config(path: str) -> dict[str, Any]:
       return json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{file}: invalid JSON ({e})") from e
-
-
-def family_for(hf_config: Mapping[str, Any], where: str = "config.json") -> types.ModuleType:
-  model_type = hf_config.get("model_type")
-  if model_type not in FAMILIES:
-    raise ValueError(f"{where}: model_type {model_type!r} is not supported; known: {sorted(FAMILIES)}")
-  return family_module(FAMILIES[model_type])
 
 
 # --------------------------------------------------------------------------- reading tensors
@@ -182,7 +151,7 @@ def load_weights(model: nnx.Module, weights: str | Mapping[str, Any], *, strict:
   """
   where = weights if isinstance(weights, str) else "state dict"
   tensors = CheckpointTensors(weights) if isinstance(weights, str) else weights
-  family = family_of(model)
+  family = _family(model)
   rows = family.hf_mapping(model)
   known = {row.name for row in rows}
   tensors = _without_task_prefix(tensors, known, getattr(family, "HF_PREFIXES", ()))
@@ -232,12 +201,12 @@ def _head(names: list[str], n: int = 8) -> str:
   return str(names[:n])[:-1] + (f", ... {len(names) - n} more]" if len(names) > n else "]")
 
 
-def load(path: str, *, mesh: jax.sharding.Mesh | None = None, rules=None, **overrides: Any) -> nnx.Module:
-  """A model of the directory's family and config with its weights, sharded over `mesh` by
-  `rules` (logical axis rules) when given. `overrides` go to the family's config (dtype, ...)."""
-  hf_config = read_config(path)
-  family = family_for(hf_config, os.path.join(path, CONFIG))
-  config = family.config_from_hf(hf_config, **overrides)
+def load(path: str, family: types.ModuleType, *, mesh: jax.sharding.Mesh | None = None, rules=None,
+         **overrides: Any) -> nnx.Module:
+  """A model of `family` (its module) with the directory's config and weights, sharded over `mesh`
+  by `rules` (logical axis rules) when given. `overrides` go to the family's config (dtype, ...).
+  `families.load(path)` picks the family from config.json."""
+  config = family.config_from_hf(read_config(path), **overrides)
   context = contextlib.nullcontext()
   if mesh is not None:
     context = _mesh_context(mesh, rules)
@@ -267,7 +236,7 @@ def _check_all_loaded(model: nnx.Module, where: str) -> None:
 
 def state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
   """HF name -> float32 numpy in torch layout (the inverse of `load_weights`)."""
-  family = family_of(model)
+  family = _family(model)
   out = {row.name: np.ascontiguousarray(row.to_hf(np.asarray(jax.device_get(row.param[...]), np.float32)))
          for row in family.hf_mapping(model)}
   return family.hf_aliases(out) if hasattr(family, "hf_aliases") else out
@@ -278,7 +247,7 @@ def save(model: nnx.Module, path: str, *, tokenizer=None) -> None:
   so that transformers' `AutoModel*.from_pretrained(path)` loads the model. Written to a
   temporary directory first and renamed into place: an interrupted export leaves no half model."""
   from safetensors.numpy import save_file
-  family = family_of(model)
+  family = _family(model)
   tensors = state_dict(model)
   # safetensors refuses shared memory between tensors: tied aliases are written as copies.
   seen: dict[int, str] = {}

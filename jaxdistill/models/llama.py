@@ -173,6 +173,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                      "bos_token_id": 128000, "eos_token_id": 128001, "pad_token_id": None},
 }
 
+# The family's description for the registry (models/families.py documents these names).
+KIND = "decoder"
+MODEL_TYPES = tuple(ARCHITECTURES)
+DROPOUT_FIELDS = ()  # the Llama family has no dropout
+STUDENT_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama-tiny": ("llama-tiny", {}),
+    "smollm2-135m": ("smollm2-135m", {}),
+    "qwen2.5-0.5b": ("qwen2.5-0.5b", {}),
+    "qwen3-0.6b": ("qwen3-0.6b", {}),
+    "llama-3.2-1b": ("llama-3.2-1b", {}),
+}
+
 
 def get_config(preset: str, **overrides: Any) -> LlamaConfig:
   """Returns the preset's LlamaConfig with `overrides` (e.g. vocab_size, dtype) applied."""

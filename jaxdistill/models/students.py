@@ -5,10 +5,11 @@
   encoder   bert, deberta    classification head (heads.py)   explanation decoder head
   decoder   llama (Qwen...)  generated after the prompt       generated after the prompt
 
-`config.model.preset` names a shape (PRESETS; a random init), `config.model.checkpoint` a local
-Hugging Face directory whose config.json decides the family and shape and whose weights are loaded
-(for encoder students, into the encoder; the heads start from scratch). Every kind reads the
-pipeline's seq2seq batch: decoder students see it through `pipeline.batch_view` (causal-LM rows).
+`config.model.preset` names a shape (a random init; `families.presets()`, each family module's
+STUDENT_PRESETS), `config.model.checkpoint` a local Hugging Face directory whose config.json decides
+the family and shape and whose weights are loaded (for encoder students, into the encoder; the heads
+start from scratch). Every kind reads the pipeline's seq2seq batch: decoder students see it through
+`pipeline.batch_view` (causal-LM rows).
 """
 
 from __future__ import annotations
@@ -21,36 +22,8 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdistill.models import families, hf
 from jaxdistill.models import heads as heads_lib
-from jaxdistill.models import hf
-
-KINDS = {"t5": "seq2seq", "bert": "encoder", "deberta": "encoder", "llama": "decoder"}
-
-# preset -> (family, the family's preset, config overrides). Shapes only: vocab_size comes from the
-# tokenizer unless a checkpoint is loaded.
-PRESETS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "t5-tiny": ("t5", "t5-tiny", {}),
-    "t5-mini": ("t5", "t5-mini", {}),
-    "t5-small": ("t5", "t5-small", {}),
-    "t5-base": ("t5", "t5-base", {}),
-    "t5-large": ("t5", "t5-large", {}),
-    "flan-t5-base": ("t5", "t5-base", {}),  # google/flan-t5-base has the t5-v1_1-base shape
-    "bert-tiny": ("bert", "bert-tiny", {}),
-    "minilm-l6": ("bert", "minilm-l6", {}),
-    "bert-base": ("bert", "bert-base", {}),
-    "deberta-tiny": ("deberta", "deberta-tiny", {}),
-    "deberta-v3-xsmall": ("deberta", "deberta-v3-xsmall", {}),
-    "deberta-v3-base": ("deberta", "deberta-v3-base", {}),
-    "llama-tiny": ("llama", "llama-tiny", {}),
-    "smollm2-135m": ("llama", "smollm2-135m", {}),
-    "qwen2.5-0.5b": ("llama", "qwen2.5-0.5b", {}),
-    "qwen3-0.6b": ("llama", "qwen3-0.6b", {}),
-    "llama-3.2-1b": ("llama", "llama-3.2-1b", {}),
-}
-
-# The family config's dropout fields (config.model.dropout_rate sets them all).
-_DROPOUT_FIELDS = {"t5": ("dropout_rate",), "bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
-                   "deberta": ("hidden_dropout_prob", "attention_probs_dropout_prob"), "llama": ()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,23 +66,23 @@ def spec(model_config, vocab_size: int, num_classes: int = 0) -> Spec:
   checkpoint = checkpoint_dir(str(model_config.get("checkpoint", "") or ""))
   if checkpoint:
     hf_config = hf.read_config(checkpoint)
-    module = hf.family_for(hf_config, f"{checkpoint}/config.json")
-    family = hf.FAMILIES[hf_config["model_type"]]
-    overrides = {"dtype": dtype, **{f: dropout for f in _DROPOUT_FIELDS[family]}}
+    family = families.family_for(hf_config, f"{checkpoint}/config.json")
+    module = families.family_module(family)
+    overrides = {"dtype": dtype, **dict.fromkeys(module.DROPOUT_FIELDS, dropout)}
     config = module.config_from_hf(hf_config, **overrides)
-    if KINDS[family] != "encoder" and config.vocab_size < vocab_size:
+    if module.KIND != "encoder" and config.vocab_size < vocab_size:
       raise ValueError(f"config.model.checkpoint={checkpoint}: the model has {config.vocab_size} token "
                        f"embeddings but the tokenizer {vocab_size} ids; use the checkpoint's tokenizer "
                        f"(config.model.tokenizer={checkpoint})")
   else:
-    if model_config.preset not in PRESETS:
-      raise ValueError(f"config.model.preset={model_config.preset!r}: unknown; known: {sorted(PRESETS)}")
-    family, family_preset, extra = PRESETS[model_config.preset]
-    module = hf.family_module(family)
-    overrides = {"vocab_size": vocab_size, "dtype": dtype, **extra,
-                 **{f: dropout for f in _DROPOUT_FIELDS[family]}}
+    presets = families.presets()
+    if model_config.preset not in presets:
+      raise ValueError(f"config.model.preset={model_config.preset!r}: unknown; known: {sorted(presets)}")
+    family, family_preset, extra = presets[model_config.preset]
+    module = families.family_module(family)
+    overrides = {"vocab_size": vocab_size, "dtype": dtype, **extra, **dict.fromkeys(module.DROPOUT_FIELDS, dropout)}
     config = module.get_config(family_preset, **overrides)
-  kind = KINDS[family]
+  kind = module.KIND
   heads = None
   if kind == "encoder":
     if num_classes <= 0:
@@ -125,7 +98,7 @@ def spec(model_config, vocab_size: int, num_classes: int = 0) -> Spec:
 
 
 def build(s: Spec, rngs: nnx.Rngs) -> nnx.Module:
-  model = hf.family_module(s.family).build(s.config, rngs)
+  model = families.family_module(s.family).build(s.config, rngs)
   if s.kind == "encoder":
     return heads_lib.EncoderStudent(model, s.heads, rngs=rngs)
   return model
@@ -135,7 +108,7 @@ def decoder_hidden_size(s: Spec) -> int:
   """Width of the hidden states that predict target tokens (outputs["decoder_hidden"])."""
   if s.kind == "encoder":
     return s.heads.hidden_size  # the explanation decoder's width
-  return int(s.config.d_model if s.family == "t5" else s.config.hidden_size)
+  return int(getattr(s.config, "d_model", None) or s.config.hidden_size)  # T5 calls its width d_model
 
 
 def load_checkpoint(s: Spec, model: nnx.Module) -> None:

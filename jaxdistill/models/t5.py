@@ -101,6 +101,19 @@ PRESETS: dict[str, dict[str, Any]] = {
                      num_encoder_layers=24, num_decoder_layers=24),
 }
 
+# The family's description for the registry (models/families.py documents these names).
+KIND = "seq2seq"
+MODEL_TYPES = ("t5",)
+DROPOUT_FIELDS = ("dropout_rate",)
+STUDENT_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "t5-tiny": ("t5-tiny", {}),
+    "t5-mini": ("t5-mini", {}),
+    "t5-small": ("t5-small", {}),
+    "t5-base": ("t5-base", {}),
+    "t5-large": ("t5-large", {}),
+    "flan-t5-base": ("t5-base", {}),  # google/flan-t5-base has the t5-v1_1-base shape
+}
+
 
 def get_config(preset: str, **overrides: Any) -> T5Config:
   """Returns the preset's T5Config with `overrides` (e.g. vocab_size, dtype) applied."""

@@ -28,7 +28,7 @@ from jaxdistill import evaluate, files, partitioning
 from jaxdistill.data import formats, pipeline
 from jaxdistill.data import tokenizer as tokenizer_lib
 from jaxdistill.data.examples import Example, Rationale
-from jaxdistill.models import hf, students
+from jaxdistill.models import families, hf
 from jaxdistill.objectives import losses
 from jaxdistill.select.stages import Key, key_of
 
@@ -176,14 +176,13 @@ def load_scorer(workdir: str, mesh, rules, *, tokenizer: str = "auto", batch_siz
     raise FileNotFoundError(f"config.select.scorer.workdir={workdir}: no {hf_dir}/{hf.CONFIG} (finished runs "
                             "export their best model there unless config.train.export_hf=False)")
   hf_config = hf.read_config(hf_dir)
-  hf.family_for(hf_config, os.path.join(hf_dir, hf.CONFIG))  # a clear error for unknown families
-  kind = students.KINDS[hf.FAMILIES[hf_config["model_type"]]]
+  kind = families.kind(families.family_for(hf_config, os.path.join(hf_dir, hf.CONFIG)))  # unknown: a clear error
   if kind == "encoder":
     raise ValueError(f"config.select.scorer.workdir={workdir}: an encoder student ({hf_config['model_type']}) "
                      "predicts labels with a classification head and has no answer perplexity; RD needs a "
                      "generating (seq2seq or decoder) student")
   tok = scorer_tokenizer(workdir, tokenizer)
-  model = hf.load(hf_dir, mesh=mesh, rules=rules)
+  model = families.load(hf_dir, mesh=mesh, rules=rules)
   if model.config.vocab_size < tok.vocab_size:
     raise ValueError(f"{hf_dir}: the model has {model.config.vocab_size} token embeddings but its tokenizer "
                      f"{tok.vocab_size} ids")

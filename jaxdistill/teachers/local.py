@@ -4,7 +4,7 @@
     for response in teacher.generate(requests, Sampling(temperature=0.7, top_logprobs=5), Budget()):
       ...
 
-The checkpoint is any Llama-family directory `hf.load` reads (llama / qwen2 / qwen3 / mistral),
+The checkpoint is any Llama-family directory (`llama.MODEL_TYPES`: llama / qwen2 / qwen3 / mistral),
 loaded sharded over `mesh` (default: every device on the data axis) by `rules` (default:
 configs/base.py's logical_axis_rules); the tokenizer comes from the same directory.
 
@@ -56,12 +56,12 @@ from flax import nnx
 
 from jaxdistill import evaluate, partitioning
 from jaxdistill.data import tokenizer as tokenizer_lib
-from jaxdistill.models import decode
+from jaxdistill.models import decode, llama
 from jaxdistill.models import hf as hf_io
 from jaxdistill.teachers import prompts
 from jaxdistill.teachers.base import Budget, Completion, Message, Request, Response, Sampling
 
-FAMILIES = ("llama", "qwen2", "qwen3", "mistral")
+FAMILIES = llama.MODEL_TYPES  # the HF model types it runs
 
 
 # --------------------------------------------------------------------------- rows
@@ -211,7 +211,7 @@ class LocalTeacher:
     self.tokenizer = tokenizer_lib.load_tokenizer(checkpoint)  # before the weights: fails fast
     self.mesh = mesh or partitioning.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     overrides = {"dtype": dtype} if dtype else {}
-    self.model = hf_io.load(checkpoint, mesh=self.mesh, rules=default_rules() if rules is None else rules,
+    self.model = hf_io.load(checkpoint, llama, mesh=self.mesh, rules=default_rules() if rules is None else rules,
                             **overrides)
     self.graphdef, self.state = nnx.split(self.model)
     self.config = self.model.config
