@@ -1,7 +1,8 @@
 """Evaluation: label accuracy, rationale perplexity from teacher forcing.
 
 Labels come from greedy decoding (seq2seq and decoder-only students: the generated text must
-equal the label) or from the classification head (encoder students: argmax over the label set).
+equal the label) or from the classification head (encoder students: argmax over the label set);
+what differs by student kind is kinds.py's.
 
 Every host holds the whole (small) eval split, builds the same padded batches and places its
 part of each global batch; results are gathered back, so single- and multi-host runs agree.
@@ -18,9 +19,8 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from jaxdistill import partitioning
+from jaxdistill import kinds, partitioning
 from jaxdistill.data import formats, pipeline
-from jaxdistill.models import decode
 from jaxdistill.objectives import losses
 
 
@@ -37,11 +37,6 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 
 @nnx.jit
-def _classify(model, input_ids, segment_ids):
-  return model.classify(input_ids, segment_ids)
-
-
-@nnx.jit
 def _rationale_nll(model, batch):
   """Sum of rationale-token negative log-likelihood and the token count of one batch."""
   logits = model(batch)["logits"]
@@ -55,6 +50,7 @@ class Evaluator:
 
   def __init__(self, config, dataset, tokenizer, mesh, kind: str = "seq2seq", methods: Sequence[Any] = ()):
     self.tokenizer, self.mesh, self.kind, self.labels = tokenizer, mesh, kind, dataset.labels
+    self.adapter = kinds.of(kind)
     # Methods (methods/base.py) whose eval_metrics add a block to every evaluation.
     self.methods = tuple(methods)
     self.format = config.objective.get("format", "multitask")
@@ -71,7 +67,7 @@ class Evaluator:
     batch_size = int(config.eval.batch_size)
     limit = int(config.data.max_eval_examples)
     self.examples, self.label_batches, self.rationale_batches = {}, {}, {}
-    view = pipeline.batch_view(kind, tokenizer)
+    view = self.adapter.batch_view(tokenizer)
     for split in ("dev", "test"):
       examples = list(dataset.splits.get(split, []))
       if limit >= 0:
@@ -79,7 +75,7 @@ class Evaluator:
       self.examples[split] = examples
       label_records = [formats.label_record(ex, dataset.labels, fmt=self.format) for ex in examples]
       self.label_batches[split] = [
-          (self._label_inputs(batch), indices) for batch, indices in pipeline.make_eval_batches(
+          (self.adapter.label_inputs(batch, tokenizer), indices) for batch, indices in pipeline.make_eval_batches(
               label_records, tokenizer, batch_size, config.data.max_source_len, self.max_label_len)]
       rng = np.random.default_rng(config.data.seed)
       rationale_records = [
@@ -93,35 +89,16 @@ class Evaluator:
               rationale_records, tokenizer, batch_size, config.data.max_source_len, config.data.max_target_len)
       ] if rationale_records and self.perplexity else []
 
-  def _label_inputs(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """What label prediction feeds the student: left-padded prompts for decoder-only students,
-    the encoder inputs otherwise."""
-    if self.kind == "decoder":
-      prompt, mask = pipeline.left_padded_prompts(batch, self.tokenizer.pad_id, self.tokenizer.eos_id)
-      return {"prompt": prompt, "mask": mask}
-    return {k: batch[k] for k in ("encoder_input_ids", "encoder_segment_ids")}
-
   def predict_labels(self, model, split: str, max_new_tokens: int | None = None, raw: bool = False) -> list[str]:
     """Predicted label strings of `split`; `max_new_tokens` overrides the decoding budget; `raw`
-    returns the whole generated text (a trace and its answer) instead of the parsed answer."""
+    returns the whole generated text (e.g. a chain of thought and its answer) instead of the parsed answer."""
     max_new_tokens = max_new_tokens or self.max_new_tokens
     predictions: list[str] = [""] * len(self.examples[split])
-    tok = self.tokenizer
     for inputs, indices in self.label_batches[split]:
-      glob = to_global(inputs, self.mesh)
-      if self.kind == "encoder":
-        classes = np.argmax(to_host(_classify(model, glob["encoder_input_ids"], glob["encoder_segment_ids"])), -1)
-        texts = [self.labels[c] for c in classes]
-      else:
-        if self.kind == "decoder":
-          ids = decode.causal_lm_generate(model, glob["prompt"], glob["mask"], max_new_tokens=max_new_tokens,
-                                          eos_id=tok.eos_id)
-        else:
-          ids = decode.greedy_decode(model, glob["encoder_input_ids"], glob["encoder_segment_ids"],
-                                     max_len=max_new_tokens, eos_id=tok.eos_id)
-        texts = [tok.decode(row.tolist()) for row in to_host(ids)]
-        if not raw:
-          texts = [formats.parse_answer(t, self.format) for t in texts]
+      texts = self.adapter.predict_texts(model, to_global(inputs, self.mesh), max_new_tokens=max_new_tokens,
+                                         tokenizer=self.tokenizer, labels=self.labels, to_host=to_host)
+      if self.adapter.generates and not raw:
+        texts = [formats.parse_answer(t, self.format) for t in texts]
       for row, index in enumerate(indices):
         if index >= 0:
           predictions[index] = texts[row]
@@ -135,7 +112,7 @@ class Evaluator:
     answer_rationale, "full_seconds" decodes the answer and the whole rationale, the work a
     rationale-first student does before its answer exists, and "speedup" is their ratio; the
     accuracies of both are reported so the early stop is seen to lose nothing."""
-    if self.kind == "encoder":
+    if not self.adapter.generates:
       return {}
     if not self.examples[split]:
       raise ValueError(f"no {split} examples to time decoding on")

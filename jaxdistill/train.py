@@ -22,7 +22,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from jaxdistill import checkpoint, evaluate, files, methods as methods_lib, partitioning, workdir as workdir_lib
+from jaxdistill import checkpoint, evaluate, files, kinds, methods as methods_lib, partitioning, workdir as workdir_lib
 from jaxdistill import config as config_lib
 from jaxdistill.data import formats, pipeline, sources
 from jaxdistill.data import tokenizer as tokenizer_lib
@@ -180,7 +180,7 @@ def export_hf(model: nnx.Module, kind: str, tokenizer, path: str) -> None:
   """The best model as a Hugging Face directory (config.json, model.safetensors, tokenizer) that
   transformers loads. Encoder students export their encoder; the heads have no HF counterpart
   and stay in the Orbax checkpoint (WORKDIR/best)."""
-  target = model.encoder if kind == "encoder" else model
+  target = kinds.of(kind).exported(model)
   saveable = hasattr(tokenizer, "hf") and hasattr(tokenizer.hf, "save_pretrained")
   hf.save(target, path, tokenizer=tokenizer if saveable else None)
   logging.info("exported the best %s model for transformers to %s", kind, path)
@@ -311,8 +311,9 @@ class Job:
 def setup(config: ml_collections.ConfigDict, workdir: str, *, training: bool = True) -> Job:
   """Config -> data, tokenizer, row shape, iterator, student, evaluator, writer and checkpoint manager,
   resumed from the newest checkpoint. Everything a run is refused for is checked before the workdir
-  fingerprint is written (a trained tokenizer and PST's embeddings may be saved before). `training=False` builds only what evaluation needs (the
-  student with fresh parameters, the data, the tokenizer, the Evaluator)."""
+  fingerprint is written (a trained tokenizer and a method's tables may be saved before).
+  `training=False` builds only what evaluation needs (the student with fresh parameters, the data,
+  the tokenizer, the Evaluator)."""
   config_lib.validate(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -340,7 +341,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, training: bool = T
             if training else None)
   student, state = build_student(config, tokenizer.vocab_size, mesh, len(dataset.labels or ()),
                                  methods if training else ())
-  if student.kind == "encoder" and config.objective.format != "multitask":
+  if not kinds.of(student.kind).generates and config.objective.format != "multitask":
     raise ValueError(f"config.objective.format={config.objective.format!r} needs a generating student; "
                      f"{student_name(config.model)} is an encoder (its label comes from a classification head)")
   evaluator = evaluate.Evaluator(config, dataset, tokenizer, mesh, student.kind, methods=methods)
@@ -378,7 +379,7 @@ def make_train_iterator(config: ml_collections.ConfigDict, dataset, tokenizer, s
       truncate_source_len=config.data.max_source_len, truncate_target_len=config.data.max_target_len,
       packing=config.data.packing, packer=config.data.packer, seed=config.data.seed,
       process_index=jax.process_index(), process_count=process_count,
-      batch_view=pipeline.compose(pipeline.batch_view(student.kind, tokenizer), *(m.batch_view() for m in methods)),
+      batch_view=pipeline.compose(kinds.of(student.kind).batch_view(tokenizer), *(m.batch_view() for m in methods)),
       token_features={k: f for m in methods for k, f in m.token_features().items()})
 
 
@@ -483,7 +484,7 @@ def finalize(job: Job) -> dict:
       "format": config.objective.format,
       "rationale_loss": "token",
   }
-  for method in job.methods:  # e.g. PST's rationale loss, the trace block (methods/)
+  for method in job.methods:  # each method's block (methods/base.py result)
     result.update(method.result(test))
   if decode_timing:
     result["decode"] = decode_timing

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -202,3 +203,15 @@ def test_layering(importer, forbidden):
   bad = sorted((m, t) for m, ts in GRAPH.items() if _within(m, importer)
                for t in ts if _within(t, forbidden) and (m, t) not in ALLOWED_LAYER_EDGES)
   assert not bad, f"{importer} must not import {forbidden}: " + ", ".join(f"{m} -> {t}" for m, t in bad)
+
+
+def test_the_core_names_no_method():
+  """Methods plug in through methods/base.py's hooks: the training loop, evaluation and the pipeline
+  name none of them, and nothing below methods/ imports one."""
+  for path in ("jaxdistill/train.py", "jaxdistill/evaluate.py", "jaxdistill/data/pipeline.py"):
+    text = (ROOT / path).read_text(encoding="utf-8")
+    for name in ("semantic", "pst", "trace", "traces", "kd"):
+      assert not re.search(rf"\b{name}\b", text, re.I), f"{path} names the method {name!r}"
+  for module, imported in GRAPH.items():
+    if module.startswith(("jaxdistill.models", "jaxdistill.data", "jaxdistill.objectives")):
+      assert not [m for m in imported if m.startswith("jaxdistill.methods")], module

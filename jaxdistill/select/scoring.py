@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from jaxdistill import evaluate, files, partitioning
+from jaxdistill import evaluate, files, kinds, partitioning
 from jaxdistill.data import formats, pipeline
 from jaxdistill.data import tokenizer as tokenizer_lib
 from jaxdistill.data.examples import Example, Rationale
@@ -84,7 +84,7 @@ def record_nll(scorer: Scorer, records: Sequence[formats.Seq2SeqRecord]) -> np.n
     raise ValueError(f"config.select.scorer.score_batch_size={scorer.batch_size} is not divisible by the "
                      f"{data_devices} data-parallel devices of the mesh")
   out = np.full(len(records), np.nan, np.float64)
-  view = pipeline.batch_view(scorer.kind, scorer.tokenizer)
+  view = kinds.of(scorer.kind).batch_view(scorer.tokenizer)
   for batch, index in pipeline.make_eval_batches(records, scorer.tokenizer, scorer.batch_size,
                                                  scorer.max_source_len, scorer.max_target_len):
     total, tokens = _row_nll(scorer.model, evaluate.to_global(view(batch) if view else batch, scorer.mesh))
@@ -177,7 +177,7 @@ def load_scorer(workdir: str, mesh, rules, *, tokenizer: str = "auto", batch_siz
                             "export their best model there unless config.train.export_hf=False)")
   hf_config = hf.read_config(hf_dir)
   kind = families.kind(families.family_for(hf_config, os.path.join(hf_dir, hf.CONFIG)))  # unknown: a clear error
-  if kind == "encoder":
+  if not kinds.of(kind).generates:
     raise ValueError(f"config.select.scorer.workdir={workdir}: an encoder student ({hf_config['model_type']}) "
                      "predicts labels with a classification head and has no answer perplexity; RD needs a "
                      "generating (seq2seq or decoder) student")
