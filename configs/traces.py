@@ -37,7 +37,6 @@ def get_config(variant: str = "correct"):
   # num_train / num_dev / num_test, min_facts / max_facts (story length in facts, distractors
   # included), kinds: the generator's own defaults, so the two cannot disagree.
   config.data.babi = ml_collections.ConfigDict(babi.DEFAULTS)
-  config.data.test_size = 1000  # cotemp: rows held out for test (the benchmark has no splits)
   config.data.max_source_len = 128
   config.data.max_target_len = 32  # "type: three-facts ; facts: 1 2 4" is ~20 tokens
 

