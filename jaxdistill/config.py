@@ -55,6 +55,9 @@ def defaults() -> ml_collections.ConfigDict:
   data.path = ""  # dss: release dir of one task (e.g. ../shared/data/dss/esnli); jsonl: dir of {train,dev,test}.jsonl
   data.task = "demo"  # dss: esnli | cqa | svamp | anli
   data.seed = 0
+  # The order of the training records (and objective.mix="sample" draws); -1 = data.seed. A study
+  # varies it per seed while data.seed, which some sources build the data from (demo), stays fixed.
+  data.shuffle_seed = -1
   data.dev_size = 1000  # held out of the training split for model selection (never the test split)
   data.max_train_examples = -1  # -1 = all
   data.max_eval_examples = -1  # cap dev/test examples evaluated (-1 = all)
@@ -62,6 +65,7 @@ def defaults() -> ml_collections.ConfigDict:
   data.cache_dir = ""  # read rationales from an imported rationale cache instead of the raw files
   data.hf_name = ""  # hf / cotemp / msmarco sources: the hub dataset (with a local `path`: its files)
   data.test_size = 1000  # cotemp: rows held out for test (the benchmark has no splits)
+  data.input_fields = ""  # comma-separated input fields to keep ("" = all), e.g. "hypothesis" (NLI)
   data.max_source_len = 128  # a record's source/target is truncated to these (eval rows are padded
   data.max_target_len = 64  # to the longest record of the split, at most these)
   data.packing = True
@@ -156,6 +160,9 @@ def defaults() -> ml_collections.ConfigDict:
   # full answer + rationale decode a rationale-first student must do, so the early stop's speed-up
   # is measured on the same run (metrics.json "decode").
   ev.measure_decode = False
+  # WORKDIR/predictions.jsonl: the best model's dev and test predictions per example (id, gold,
+  # predicted, correct, inputs, generated text), what a study pairs across variants and seeds.
+  ev.write_predictions = True
 
   # --- parallelism --------------------------------------------------------------
   # Mesh axis sizes; -1 means "all remaining devices". The product must equal the device count.

@@ -135,16 +135,23 @@ class Evaluator:
       out["speedup"] = out["full_seconds"] / max(out["answer_seconds"], 1e-9)
     return out
 
-  def evaluate(self, model, split: str) -> dict[str, Any]:
+  def evaluate(self, model, split: str, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Metrics of `model` on `split`; with `rows` (a list), also one row per example appended to it:
+    id, gold, predicted, correct, the inputs and, for generating students, the generated text."""
     examples = self.examples[split]
     if not examples:  # a score on nothing would read as a real 0 (or 1)
       raise ValueError(f"no {split} examples to evaluate")
-    wants_text = any(m.wants_generated_text for m in self.methods)
+    wants_text = any(m.wants_generated_text for m in self.methods) or (rows is not None and self.adapter.generates)
     generated = self.predict_labels(model, split, raw=True) if wants_text else None
     predictions = ([formats.parse_answer(t, self.format) for t in generated] if generated is not None
                    else self.predict_labels(model, split))
     correct = sum(p == ex.label for p, ex in zip(predictions, examples))
     metrics: dict[str, Any] = {"accuracy": correct / len(examples), "examples": len(examples)}
+    if rows is not None:
+      for i, (ex, predicted) in enumerate(zip(examples, predictions)):
+        rows.append({"split": split, "id": ex.id, "gold": ex.label, "predicted": predicted,
+                     "correct": predicted == ex.label, "inputs": dict(ex.inputs),
+                     **({"generated": generated[i]} if generated is not None else {})})
     if self.rationale_batches[split]:
       nll, count = 0.0, 0.0
       for batch, _ in self.rationale_batches[split]:

@@ -198,6 +198,9 @@ def _scalars(prefix: str, metrics: dict) -> dict[str, float]:
   return out
 
 
+PREDICTIONS = "predictions.jsonl"  # the best model's dev and test predictions, one row per example
+
+
 def _write_metrics_json(workdir: str, metrics: dict) -> None:
   files.atomic_write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True))
 
@@ -334,7 +337,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, training: bool = T
     for method in methods:
       method.start(config, dataset, tokenizer, workdir, is_chief)
   changed = workdir_lib.check(workdir, workdir_lib.fingerprint(config, dataset),
-                              allow_change=bool(config.train.allow_config_change), write=is_chief)
+                              allow_change=bool(config.train.allow_config_change), write=is_chief,
+                              defaults=workdir_lib.flat_defaults(config_lib.defaults()))
   if changed:
     logging.warning("continuing %s with a changed config (train.allow_config_change): %s", workdir, "; ".join(changed))
   writer = (metric_writers.create_default_writer(workdir, just_logging=not is_chief, asynchronous=True)
@@ -362,6 +366,11 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, training: bool = T
   return job
 
 
+def shuffle_seed(data: ml_collections.ConfigDict) -> int:
+  """The seed of the training records' order (data.shuffle_seed, or data.seed when -1)."""
+  return int(data.seed) if int(data.shuffle_seed) < 0 else int(data.shuffle_seed)
+
+
 def make_train_iterator(config: ml_collections.ConfigDict, dataset, tokenizer, student: Student,
                         methods: Sequence[methods_lib.Method] = ()):
   """This host's checkpointable iterator of training batches in the student's layout, with the
@@ -370,14 +379,15 @@ def make_train_iterator(config: ml_collections.ConfigDict, dataset, tokenizer, s
   logging.info("host %d of %d: reads training records %d::%d of %d examples",
                jax.process_index(), process_count, jax.process_index(), process_count,
                len(dataset.splits["train"]))
+  order_seed = shuffle_seed(config.data)
   records = formats.records_per_epoch(dataset.splits["train"], dataset.rationales, config.objective,
-                                      dataset.labels, seed=config.data.seed)
+                                      dataset.labels, seed=order_seed)
   row_source_len, row_target_len = row_shape(config.data, records(0) if callable(records) else records, tokenizer)
   return pipeline.make_train_iterator(
       records, tokenizer, per_host_batch_size=config.train.batch_size // process_count,
       max_source_len=row_source_len, max_target_len=row_target_len,
       truncate_source_len=config.data.max_source_len, truncate_target_len=config.data.max_target_len,
-      packing=config.data.packing, packer=config.data.packer, seed=config.data.seed,
+      packing=config.data.packing, packer=config.data.packer, seed=order_seed,
       process_index=jax.process_index(), process_count=process_count,
       batch_view=pipeline.compose(kinds.of(student.kind).batch_view(tokenizer), *(m.batch_view() for m in methods)),
       token_features={k: f for m in methods for k, f in m.token_features().items()})
@@ -456,7 +466,10 @@ def finalize(job: Job) -> dict:
     evaluate_dev(job)
   best_model = restore_best_params(job)
   has_test = "test" in dataset.splits
-  test = job.evaluator.evaluate(best_model, "test") if has_test else {}  # once, on the best-on-dev model
+  rows = [] if config.eval.write_predictions else None  # per example, for paired comparisons (jaxdistill.study)
+  if rows is not None:
+    job.evaluator.evaluate(best_model, "dev", rows=rows)
+  test = job.evaluator.evaluate(best_model, "test", rows=rows) if has_test else {}  # once, on the best-on-dev model
   if has_test:
     job.writer.write_scalars(job.step, _scalars("test", test))
   else:
@@ -465,6 +478,9 @@ def finalize(job: Job) -> dict:
   decode_timing = job.evaluator.measure_decode(best_model, "test") if config.eval.measure_decode and has_test else None
   if config.train.export_hf and job.is_chief:
     export_hf(best_model, job.student.kind, job.tokenizer, os.path.join(job.workdir, "hf"))
+  if rows is not None and job.is_chief:
+    files.atomic_write_text(os.path.join(job.workdir, PREDICTIONS),
+                            "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
 
   result = {
       "setting": config.name,

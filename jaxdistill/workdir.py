@@ -32,7 +32,7 @@ FREE_KEYS = (
     "mesh.",  # a resharding restore continues the same run (numerics agree to float tolerance)
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpointing",
     "train.export_hf", "train.allow_config_change",
-    "eval.batch_size", "eval.measure_decode",
+    "eval.batch_size", "eval.measure_decode", "eval.write_predictions",
     "data.on_error",  # what it changes shows in the data digest
 )
 
@@ -72,19 +72,30 @@ def fingerprint(config: ml_collections.ConfigDict, dataset) -> dict[str, Any]:
   return out
 
 
-def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-  """"key (old -> new)" for every key whose value differs, was added or was removed."""
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+                ) -> list[str]:
+  """"key (old -> new)" for every key whose value differs, was added or was removed. A key the old
+  fingerprint lacks that is at its value in `defaults` (flattened config defaults) is no change: a
+  later version added it, and at its default it does what the run did without it."""
   missing = object()
   out = []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, missing), new.get(key, missing)
+    if a is missing and defaults is not None and key in defaults and b == defaults[key]:
+      continue
     if a != b:
       show = lambda v: "unset" if v is missing else (f"{v[:12]}..." if key == DATA_DIGEST else repr(v))
       out.append(f"{key} ({show(a)} -> {show(b)})")
   return out
 
 
-def check(workdir: str, current: Mapping[str, Any], *, allow_change: bool, write: bool) -> list[str]:
+def flat_defaults(defaults: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`defaults` flattened as fingerprints store values, for `check(..., defaults=)`."""
+  return json.loads(json.dumps(_flatten(defaults.copy_and_resolve_references().to_dict())))
+
+
+def check(workdir: str, current: Mapping[str, Any], *, allow_change: bool, write: bool,
+          defaults: Mapping[str, Any] | None = None) -> list[str]:
   """Compares `current` with WORKDIR's fingerprint: raises ConfigError when they differ (unless
   `allow_change`, which records the new one); records it in a new workdir. Returns the differences."""
   path = os.path.join(workdir, FINGERPRINT)
@@ -98,7 +109,7 @@ def check(workdir: str, current: Mapping[str, Any], *, allow_change: bool, write
     old, changes = recorded["fingerprint"], list(recorded.get("changes", []))
   except (ValueError, KeyError, TypeError) as e:
     raise ConfigError(f"{path}: unreadable workdir fingerprint ({e}); use a new --workdir") from None
-  diff = differences(old, current)
+  diff = differences(old, current, defaults)
   if diff and not allow_change:
     raise ConfigError(f"{workdir} was made with another config or data: {'; '.join(diff)}. Use a new --workdir, "
                       "or --config.train.allow_config_change=True to continue it with the new values")

@@ -68,3 +68,14 @@ def test_library_fallbacks_agree_with_the_defaults():
     assert default == defaults[section][key], f"{path}:{line}: cfg_get default {default!r} != {section}.{key}"
     checked += 1
   assert checked > 20
+
+
+def test_a_key_added_since_the_workdir_was_made_is_no_change_at_its_default(tmp_path):
+  from jaxdistill import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  defaults = workdir_lib.flat_defaults(config_lib.defaults())
+  old = {k: v for k, v in defaults.items() if k != "data.shuffle_seed"}  # made before the key existed
+  workdir_lib.check(str(tmp_path), old, allow_change=False, write=True)
+  assert workdir_lib.check(str(tmp_path), defaults, allow_change=False, write=False, defaults=defaults) == []
+  changed = dict(defaults, **{"data.shuffle_seed": 3})
+  with pytest.raises(config_lib.ConfigError, match=r"data.shuffle_seed \(unset -> 3\)"):
+    workdir_lib.check(str(tmp_path), changed, allow_change=False, write=False, defaults=defaults)

@@ -7,6 +7,7 @@ rationales) live in common.py and are re-exported here.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import types
 
@@ -35,9 +36,26 @@ def load_dataset(config_data) -> Dataset:
     raise ValueError(f"config.data.source={source!r}: unknown source (expected one of {sorted(SOURCES)})")
   ErrorPolicy(cfg_get(config_data, "on_error", "raise"))  # refused for every source, also those never skipping
   dataset = source_module(source).load(config_data)
+  fields = [f.strip() for f in str(cfg_get(config_data, "input_fields", "") or "").split(",") if f.strip()]
+  if fields:
+    dataset = only_fields(dataset, fields)
   if not dataset.splits.get("test"):
     dataset.splits.pop("test", None)  # no test examples (e.g. num_test=0): no test split
   return dataset
+
+
+def only_fields(dataset: Dataset, fields: list[str]) -> Dataset:
+  """The dataset with each example's inputs cut to `fields` (in that order): e.g. a hypothesis-only
+  NLI baseline (config.data.input_fields="hypothesis")."""
+  splits = {}
+  for split, examples in dataset.splits.items():
+    for ex in examples[:1]:
+      missing = [f for f in fields if f not in ex.inputs]
+      if missing:
+        raise ValueError(f"config.data.input_fields: {missing} not among the {dataset.task} inputs "
+                         f"{list(ex.inputs)} ({split} example {ex.id})")
+    splits[split] = [dataclasses.replace(ex, inputs={f: ex.inputs[f] for f in fields}) for ex in examples]
+  return dataclasses.replace(dataset, splits=splits)
 
 
 def source_module(source: str) -> types.ModuleType:

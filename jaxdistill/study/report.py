@@ -1,0 +1,234 @@
+"""A study's report from its runs' predictions: report.json (everything), report.md (the tables) and
+report.png (accuracy with intervals), in the study's workdir.
+
+Per split (dev: the best model's dev predictions; test: its one test evaluation):
+  accuracy      per variant: mean over seeds with a Student-t 95% interval over seeds, and the
+                pooled accuracy with a bootstrap 95% interval over examples (stats.bootstrap_ci)
+  vs reference  per variant: the paired difference (pooled over seeds, examples paired by id) with a
+                paired-bootstrap interval and p-value, Holm-corrected over the variants; and exact
+                McNemar per seed (variant seed k vs reference seed k), Holm-corrected over all of them
+  subsets       NLI pairs: lexical-overlap buckets, negation in the hypothesis, length buckets and,
+                with a hypothesis-only variant, the hard subset its seeds get wrong by majority
+  traces        variants whose runs report a trace block: phi of trace x answer correctness per seed,
+                mean with a t interval
+Every run of a variant must have predicted the same examples (stats.align refuses otherwise), and a
+split without examples is not reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from jaxdistill import files, train
+from jaxdistill.study import stats
+from jaxdistill.study.grid import HYPOTHESIS_ONLY, Run
+
+REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
+SPLITS = ("dev", "test")
+
+
+def read_predictions(run: Run) -> dict[str, list[dict]]:
+  """split -> the run's prediction rows."""
+  path = os.path.join(run.workdir, train.PREDICTIONS)
+  out: dict[str, list[dict]] = {}
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      try:
+        row = json.loads(line)
+      except ValueError as e:
+        raise ValueError(f"{path}:{line_no}: not a JSON row ({e})") from None
+      out.setdefault(row["split"], []).append(row)
+  return out
+
+
+def _matrix(runs: Sequence[Run], predictions: Mapping[str, Mapping[str, list[dict]]], split: str
+            ) -> tuple[list[str], np.ndarray, list[dict]]:
+  """(ids, correct [seeds, n], the first run's rows in id order) of one variant's runs on `split`."""
+  ids, aligned = stats.align({r.workdir: predictions[r.workdir][split] for r in runs})
+  return ids, stats.correct_matrix(aligned, [r.workdir for r in runs]), aligned[runs[0].workdir]
+
+
+def _interval(values) -> dict[str, float | None]:
+  mean, low, high = values
+  clean = lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+  return {"mean": clean(mean), "low": clean(low), "high": clean(high)}
+
+
+def _nli_subsets(rows: Sequence[Mapping[str, Any]], hard_ids: set[str] | None) -> dict[str, dict[str, str]]:
+  """subset family -> {example id: bucket} for NLI rows (premise and hypothesis inputs)."""
+  if not rows or not {"premise", "hypothesis"} <= set(rows[0].get("inputs", {})):
+    return {}
+  out = {"lexical overlap": {}, "negation in hypothesis": {}, "length": {}}
+  for r in rows:
+    p, h = r["inputs"]["premise"], r["inputs"]["hypothesis"]
+    out["lexical overlap"][r["id"]] = stats.overlap_bucket(stats.lexical_overlap(p, h))
+    out["negation in hypothesis"][r["id"]] = "negation" if stats.has_negation(h) else "no negation"
+    out["length"][r["id"]] = stats.length_bucket(p, h)
+  if hard_ids is not None:
+    out["hypothesis-only"] = {r["id"]: "hard" if r["id"] in hard_ids else "easy" for r in rows}
+  return out
+
+
+def split_report(study, runs_by_variant: Mapping[str, list[Run]], predictions, split: str) -> dict[str, Any]:
+  resamples, reference = int(study.get("bootstrap_resamples", stats.DEFAULT_RESAMPLES)), study.reference
+  matrices, ids_of, rows_of = {}, {}, {}
+  for variant, runs in runs_by_variant.items():
+    ids_of[variant], matrices[variant], rows_of[variant] = _matrix(runs, predictions, split)
+  first = next(iter(ids_of.values()))
+  for variant, ids in ids_of.items():  # every variant on the same examples, in the same order
+    if sorted(ids) != sorted(first):
+      raise ValueError(f"{split}: variant {variant!r} predicted other examples than {next(iter(ids_of))!r}")
+    order = {i: k for k, i in enumerate(ids)}
+    matrices[variant] = matrices[variant][:, [order[i] for i in first]]
+  accuracy = {}
+  for variant, m in matrices.items():
+    per_seed = m.mean(axis=1)
+    accuracy[variant] = {"per_seed": per_seed.tolist(), "seeds": _interval(stats.t_interval(per_seed)),
+                         "examples": _interval(stats.bootstrap_ci(m, resamples=resamples)), "n_examples": m.shape[1]}
+  paired, mcnemar_p = {}, {}
+  ref_runs = {r.seed: k for k, r in enumerate(runs_by_variant[reference])}
+  for variant, m in matrices.items():
+    if variant == reference:
+      continue
+    result = stats.paired_bootstrap(matrices[reference], m, resamples=resamples)
+    tests = []
+    for k, run in enumerate(runs_by_variant[variant]):
+      if run.seed in ref_runs:
+        b01, b10, p = stats.mcnemar_exact(matrices[reference][ref_runs[run.seed]], m[k])
+        tests.append({"seed": run.seed, "reference_wrong_variant_right": b01, "reference_right_variant_wrong": b10,
+                      "p": p})
+        mcnemar_p[f"{variant}/{run.seed}"] = p
+    paired[variant] = {"difference": _interval((result.diff, result.low, result.high)), "p": result.p_value,
+                       "mcnemar": tests}
+  if paired:
+    adjusted, significant = stats.holm({v: paired[v]["p"] for v in paired})
+    for v in paired:
+      paired[v].update(p_holm=adjusted[v], significant=bool(significant[v]))
+  if mcnemar_p:
+    adjusted, significant = stats.holm(mcnemar_p)
+    for v in paired:
+      for t in paired[v]["mcnemar"]:
+        key = f"{v}/{t['seed']}"
+        t.update(p_holm=adjusted[key], significant=bool(significant[key]))
+  hard = None
+  if HYPOTHESIS_ONLY in matrices:
+    hyp = matrices[HYPOTHESIS_ONLY]
+    hard = {i for i, wrong in zip(first, (~hyp).sum(axis=0) * 2 > hyp.shape[0]) if wrong}
+  rows = {r["id"]: r for r in rows_of[next(iter(rows_of))]}
+  subsets = {}
+  for family, bucket_of in _nli_subsets([rows[i] for i in first], hard).items():
+    table = {}
+    for bucket in sorted(set(bucket_of.values())):
+      cols = np.asarray([bucket_of[i] == bucket for i in first])
+      table[bucket] = {"count": int(cols.sum()), **{
+          v: _interval(stats.bootstrap_ci(m[:, cols], resamples=resamples))
+          for v, m in matrices.items() if not (family == "hypothesis-only" and v == HYPOTHESIS_ONLY)}}
+    subsets[family] = table
+  return {"accuracy": accuracy, "vs_reference": paired, "subsets": subsets}
+
+
+def traces_report(runs_by_variant: Mapping[str, list[Run]]) -> dict[str, Any]:
+  """variant -> phi per seed (test trace x answer table) and its t interval, for trace runs."""
+  out = {}
+  for variant, runs in runs_by_variant.items():
+    phis = []
+    for run in runs:
+      with open(os.path.join(run.workdir, "metrics.json"), encoding="utf-8") as f:
+        block = json.load(f).get("traces")
+      if block and block.get("phi") is not None:
+        phis.append(float(block["phi"]))
+    if phis:
+      out[variant] = {"phi_per_seed": phis, "phi": _interval(stats.t_interval(phis))}
+  return out
+
+
+def build(study, runs: Sequence[Run]) -> dict[str, Any]:
+  runs_by_variant: dict[str, list[Run]] = {}
+  for run in runs:
+    runs_by_variant.setdefault(run.variant, []).append(run)
+  predictions = {r.workdir: read_predictions(r) for r in runs}
+  splits = [s for s in SPLITS if all(predictions[r.workdir].get(s) for r in runs)]
+  report = {"study": study.name, "reference": study.reference, "seeds": [int(s) for s in study.seeds],
+            "variants": list(runs_by_variant), "splits": {s: split_report(study, runs_by_variant, predictions, s)
+                                                          for s in splits}}
+  traces = traces_report(runs_by_variant)
+  if traces:
+    report["traces"] = traces
+  return report
+
+
+# --------------------------------------------------------------------------- writing
+
+def _pct(x: Mapping[str, float | None]) -> str:
+  if x["low"] is None:
+    return f"{x['mean']:.3f}"
+  return f"{x['mean']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+  lines = [f"# Study {report['study']}", "",
+           f"Seeds {report['seeds']}; reference variant `{report['reference']}`. Intervals are 95%: over seeds "
+           "(Student t) and over examples (bootstrap, pooled over seeds). Differences are variant - reference, "
+           "examples paired; * = significant at 0.05 after Holm.", ""]
+  for split, block in report["splits"].items():
+    lines += [f"## {split}", "", "| variant | mean over seeds [t CI] | pooled [bootstrap CI] | vs reference "
+              "[paired bootstrap CI] | p (Holm) | McNemar per seed: p (Holm) |", "|---|---|---|---|---|---|"]
+    for variant, acc in block["accuracy"].items():
+      pair = block["vs_reference"].get(variant)
+      vs = "reference" if pair is None else _pct(pair["difference"]) + (" *" if pair["significant"] else "")
+      p = "" if pair is None else f"{pair['p']:.3g} ({pair['p_holm']:.3g})"
+      mc = "" if pair is None else ", ".join(f"{t['p']:.3g} ({t['p_holm']:.3g}){' *' if t['significant'] else ''}"
+                                             for t in pair["mcnemar"])
+      lines.append(f"| {variant} | {_pct(acc['seeds'])} | {_pct(acc['examples'])} | {vs} | {p} | {mc} |")
+    n = next(iter(block["accuracy"].values()))["n_examples"]
+    lines += ["", f"{n} examples per run.", ""]
+    for family, table in block["subsets"].items():
+      variants = [v for v in next(iter(table.values())) if v != "count"]
+      lines += [f"### {split}: {family}", "", "| bucket | examples | " + " | ".join(variants) + " |",
+                "|---" * (len(variants) + 2) + "|"]
+      for bucket, cells in table.items():
+        lines.append(f"| {bucket} | {cells['count']} | " + " | ".join(_pct(cells[v]) for v in variants) + " |")
+      lines.append("")
+  if "traces" in report:
+    lines += ["## traces (test): phi of trace x answer correctness", "", "| variant | phi per seed | mean [t CI] |",
+              "|---|---|---|"]
+    for variant, t in report["traces"].items():
+      lines.append(f"| {variant} | {', '.join(f'{p:.3f}' for p in t['phi_per_seed'])} | {_pct(t['phi'])} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def plot(report: Mapping[str, Any], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  splits = list(report["splits"])
+  fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 3.5), squeeze=False)
+  for ax, split in zip(axes[0], splits):
+    acc = report["splits"][split]["accuracy"]
+    names = list(acc)
+    means = [acc[v]["seeds"]["mean"] for v in names]
+    lows = [acc[v]["seeds"]["low"] if acc[v]["seeds"]["low"] is not None else acc[v]["seeds"]["mean"] for v in names]
+    highs = [acc[v]["seeds"]["high"] if acc[v]["seeds"]["high"] is not None else acc[v]["seeds"]["mean"] for v in names]
+    ax.bar(range(len(names)), means, yerr=[np.subtract(means, lows), np.subtract(highs, means)], capsize=4)
+    for k, v in enumerate(names):
+      ax.scatter([k] * len(acc[v]["per_seed"]), acc[v]["per_seed"], color="black", s=8, zorder=3)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_title(f"{report['study']}: {split} accuracy (95% t CI, seeds as dots)")
+  fig.tight_layout()
+  with files.atomic_open(path) as f:
+    fig.savefig(f, format="png", dpi=110)
+  plt.close(fig)
+
+
+def write(study, runs: Sequence[Run], workdir: str) -> dict[str, Any]:
+  report = build(study, runs)
+  files.atomic_write_text(os.path.join(workdir, REPORT_JSON), json.dumps(report, indent=2, sort_keys=False))
+  files.atomic_write_text(os.path.join(workdir, REPORT_MD), markdown(report))
+  plot(report, os.path.join(workdir, REPORT_PNG))
+  return report

@@ -1,0 +1,40 @@
+"""Runs a study's grid (grid.py) and writes its report (report.py), resumably."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from jaxdistill import train
+from jaxdistill.study import grid, report
+
+
+def run(study, workdir: str, *, only: Iterable[str] = (), report_only: bool = False,
+        echo: Callable[[str], None] = print) -> dict | None:
+  """Trains every unfinished run of the study (or of the `only` variants), then reports over every
+  finished run of the whole grid (None while some variant has no finished run)."""
+  runs = grid.plan(study, workdir, only)
+  todo = [] if report_only else [r for r in runs if not r.finished]
+  done = len(runs) - len([r for r in runs if not r.finished])
+  echo(f"study {study.name}: {len(runs)} runs ({len(grid.variants(study))} variants x {len(study.seeds)} seeds"
+       f"{', only ' + ','.join(only) if only else ''}), {done} finished, {len(todo)} to run in {workdir}")
+  started, seconds = time.time(), []
+  for k, r in enumerate(todo):
+    eta = "" if not seconds else f", ETA {sum(seconds) / len(seconds) * (len(todo) - k) / 60:.0f} min"
+    echo(f"[study] {done + k}/{len(runs)} runs done{eta}: training {r.variant} seed {r.seed} in {r.workdir}")
+    t0 = time.time()
+    result = train.run(r.config, r.workdir)
+    if result.get("preempted"):
+      echo(f"[study] stopped on SIGTERM during {r.variant} seed {r.seed}; run the same command to resume")
+      return None
+    seconds.append(time.time() - t0)
+  if todo:
+    echo(f"[study] {len(runs)}/{len(runs)} runs done in {(time.time() - started) / 60:.1f} min")
+  finished = [r for r in grid.plan(study, workdir) if r.finished]
+  missing = sorted({r.variant for r in grid.plan(study, workdir)} - {r.variant for r in finished})
+  if missing:
+    echo(f"[study] no report yet: no finished run of {', '.join(missing)}")
+    return None
+  out = report.write(study, finished, workdir)
+  echo(f"[study] report: {workdir}/{report.REPORT_MD} (+ .json, .png) over {len(finished)} runs")
+  return out

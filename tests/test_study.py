@@ -1,0 +1,173 @@
+"""`python -m jaxdistill.study`: a tiny grid run end to end, killed once and resumed, its report checked
+against the runs it reports on; and the report's numbers on fixed prediction files."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxdistill import config as config_lib
+from jaxdistill import train
+from jaxdistill.study import grid, report, stats
+from tests import train_utils as tu
+
+
+def _study_command(workdir: str, *extra: str) -> list[str]:
+  return [sys.executable, "-m", "jaxdistill.study", "--config=tests/fixtures/tiny_study.py", f"--workdir={workdir}",
+          *extra]
+
+
+def _metrics(path: str) -> dict:
+  with open(os.path.join(path, "metrics.json"), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def test_a_killed_study_resumes_and_reports_on_exactly_its_runs(tmp_path):
+  workdir = str(tmp_path / "study")
+  proc = subprocess.Popen(_study_command(workdir), cwd=tu.REPO, env=tu.env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  first = os.path.join(workdir, "baseline", "seed-0", "metrics.json")
+  deadline = time.time() + 400
+  while not os.path.exists(first) and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.5)
+  time.sleep(5)  # into the second run
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert os.path.exists(first) and not os.path.exists(os.path.join(workdir, report.REPORT_JSON))
+
+  done = subprocess.run(_study_command(workdir), cwd=tu.REPO, env=tu.env(), capture_output=True, text=True,
+                        timeout=900)
+  assert done.returncode == 0, done.stderr[-4000:]
+  assert "4 runs (2 variants x 2 seeds), 1 finished, 3 to run" in done.stdout
+  with open(os.path.join(workdir, report.REPORT_JSON), encoding="utf-8") as f:
+    rep = json.load(f)
+  assert os.path.getsize(os.path.join(workdir, report.REPORT_PNG)) > 1000
+  assert "| cot |" in open(os.path.join(workdir, report.REPORT_MD), encoding="utf-8").read()
+
+  runs = {(v, s): os.path.join(workdir, v, f"seed-{s}") for v in ("baseline", "cot") for s in (0, 1)}
+  for (variant, seed), path in runs.items():
+    m = _metrics(path)
+    assert m["setting"] == f"tiny/{variant}" and m["steps"] == 8
+    k = (0, 1).index(seed)
+    assert rep["splits"]["test"]["accuracy"][variant]["per_seed"][k] == pytest.approx(m["test_accuracy"])
+    # The best model's dev predictions reproduce the dev accuracy it was selected on.
+    assert rep["splits"]["dev"]["accuracy"][variant]["per_seed"][k] == pytest.approx(m["dev_accuracy"])
+  # The seeds differ in initialisation and data order, not in the data.
+  preds = {key: report.read_predictions(grid.Run(key[0], key[1], path, ml_collections.ConfigDict()))
+           for key, path in runs.items()}
+  assert len({tuple(r["id"] for r in p["test"]) for p in preds.values()}) == 1
+  assert _metrics(runs["baseline", 0])["best_step"] >= 0
+
+  test = rep["splits"]["test"]
+  base = np.array([[r["correct"] for r in preds["baseline", s]["test"]] for s in (0, 1)])
+  cot = np.array([[r["correct"] for r in preds["cot", s]["test"]] for s in (0, 1)])
+  assert test["vs_reference"]["cot"]["difference"]["mean"] == pytest.approx(cot.mean() - base.mean())
+  for t, s in zip(test["vs_reference"]["cot"]["mcnemar"], (0, 1)):
+    assert t["reference_wrong_variant_right"] == int((~base[s] & cot[s]).sum())
+    assert t["reference_right_variant_wrong"] == int((base[s] & ~cot[s]).sum())
+  assert set(test["subsets"]) == {"lexical overlap", "negation in hypothesis", "length"}  # the demo is NLI
+
+  again = subprocess.run(_study_command(workdir, "--report_only"), cwd=tu.REPO, env=tu.env(), capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 0 and "0 to run" in again.stdout, again.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------- the report on fixed predictions
+
+def _write_run(root, variant, seed, correct, hyp_texts=None):
+  path = root / variant / f"seed-{seed}"
+  path.mkdir(parents=True)
+  rows = []
+  for split in ("dev", "test"):
+    for i, ok in enumerate(correct):
+      hyp = (hyp_texts or {}).get(i, "a dog runs")
+      rows.append({"split": split, "id": f"e{i}", "gold": "entailment", "predicted": "entailment" if ok else "neutral",
+                   "correct": bool(ok), "inputs": {"premise": "a dog runs in the park", "hypothesis": hyp}})
+  (path / train.PREDICTIONS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (path / "metrics.json").write_text(json.dumps({"test_accuracy": float(np.mean(correct))}))
+  return grid.Run(variant, seed, str(path), ml_collections.ConfigDict())
+
+
+def test_the_report_numbers_on_fixed_predictions(tmp_path):
+  ref = [[1, 1, 0, 0, 1, 0, 1, 0], [1, 0, 0, 1, 1, 0, 1, 0]]
+  var = [[1, 1, 1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 0]]
+  hyp = [[0, 0, 1, 1, 1, 1, 1, 1], [0, 1, 0, 1, 1, 1, 1, 1]]  # majority wrong on e0 only; e1, e2 tie (not hard)
+  negated = {3: "a dog does not run", 4: "nobody runs"}
+  runs = ([_write_run(tmp_path, "ref", s, ref[s], negated) for s in (0, 1)]
+          + [_write_run(tmp_path, "var", s, var[s], negated) for s in (0, 1)]
+          + [_write_run(tmp_path, grid.HYPOTHESIS_ONLY, s, hyp[s], negated) for s in (0, 1)])
+  study = ml_collections.ConfigDict({"name": "fixed", "reference": "ref", "seeds": (0, 1), "bootstrap_resamples": 1000})
+  rep = report.build(study, runs)
+  test = rep["splits"]["test"]
+  acc = test["accuracy"]["var"]
+  assert acc["per_seed"] == [7 / 8, 7 / 8]
+  assert acc["seeds"]["mean"] == 7 / 8 and acc["seeds"]["low"] == acc["seeds"]["high"] == 7 / 8  # no seed spread
+  ref_acc = test["accuracy"]["ref"]
+  mean, low, high = stats.t_interval([4 / 8, 4 / 8])
+  assert ref_acc["seeds"]["mean"] == mean == 0.5
+  assert (ref_acc["examples"]["low"], ref_acc["examples"]["high"]) == pytest.approx(
+      stats.bootstrap_ci(np.array(ref, bool), resamples=1000)[1:])
+  vs = test["vs_reference"]["var"]
+  assert vs["difference"]["mean"] == pytest.approx(7 / 8 - 1 / 2)
+  # McNemar seed 0: ref wrong & var right on e2, e3, e7 (3), ref right & var wrong on none.
+  assert [(t["reference_wrong_variant_right"], t["reference_right_variant_wrong"]) for t in vs["mcnemar"]] == [
+      (3, 0), (3, 0)]
+  assert vs["mcnemar"][0]["p"] == pytest.approx(2 * 0.5 ** 3)
+  # Holm over the McNemar family {var/0, var/1, hypothesis-only/0, hypothesis-only/1}.
+  family = {f"{v}/{t['seed']}": t["p"] for v, blk in test["vs_reference"].items() for t in blk["mcnemar"]}
+  adjusted, _ = stats.holm(family)
+  assert vs["mcnemar"][0]["p_holm"] == pytest.approx(adjusted["var/0"])
+  subsets = test["subsets"]
+  assert subsets["hypothesis-only"]["hard"]["count"] == 1  # e0: wrong in both hypothesis-only seeds
+  assert grid.HYPOTHESIS_ONLY not in subsets["hypothesis-only"]["hard"]
+  assert subsets["hypothesis-only"]["hard"]["ref"]["mean"] == 1.0  # ref got e0 right in both seeds
+  assert subsets["negation in hypothesis"]["negation"]["count"] == 2
+  assert subsets["negation in hypothesis"]["negation"]["var"]["mean"] == 1.0
+  md = report.markdown(rep)
+  assert md.count("| var | 0.875 [0.875, 0.875] |") == 2  # dev and test rows
+
+
+def test_a_run_with_other_examples_is_refused(tmp_path):
+  runs = [_write_run(tmp_path, "ref", 0, [1, 0, 1]), _write_run(tmp_path, "var", 0, [1, 0])]
+  study = ml_collections.ConfigDict({"name": "bad", "reference": "ref", "seeds": (0,)})
+  with pytest.raises(ValueError, match="other examples"):
+    report.build(study, runs)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (pathlib.Path(tu.REPO) / "configs" / "studies").glob("*.py")
+                                        if p.stem != "__init__"))
+def test_every_shipped_study_plans_runs_with_known_keys(name, tmp_path):
+  sys.path.insert(0, tu.REPO)
+  study = importlib.import_module(f"configs.studies.{name}").get_config()
+  runs = grid.plan(study, str(tmp_path))
+  assert len(runs) == len(grid.variants(study)) * len(study.seeds)
+  for run in runs:
+    assert config_lib.unknown_keys(run.config) == [], run.variant
+    config_lib.validate(run.config)
+  assert len({(r.config.seed, r.config.data.shuffle_seed) for r in runs}) == len(study.seeds)
+
+
+def test_a_variant_overriding_a_key_the_base_lacks_is_refused(tmp_path):
+  study = importlib.import_module("tests.fixtures.tiny_study").get_config()
+  study.variants.cot.objective.alhpa = 0.3
+  with pytest.raises(ValueError, match="config.variants.cot.objective.alhpa: the base config has no such key"):
+    grid.plan(study, str(tmp_path))
+
+
+def test_input_fields_keeps_only_the_named_inputs():
+  from jaxdistill.data import sources  # pylint: disable=g-import-not-at-top
+  d = sources.load_dataset({"source": "demo", "demo": {"num_train": 8, "num_dev": 4, "num_test": 4},
+                            "input_fields": "hypothesis"})
+  assert all(list(ex.inputs) == ["hypothesis"] for split in d.splits.values() for ex in split)
+  with pytest.raises(ValueError, match=r"input_fields: \['question'\] not among the demo inputs"):
+    sources.load_dataset({"source": "demo", "input_fields": "question"})
