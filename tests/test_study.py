@@ -155,6 +155,9 @@ def test_every_shipped_study_plans_runs_with_known_keys(name, tmp_path):
     assert config_lib.unknown_keys(run.config) == [], run.variant
     config_lib.validate(run.config)
   assert len({(r.config.seed, r.config.data.shuffle_seed) for r in runs}) == len(study.seeds)
+  if "select" in study.base:  # MoRSD: each run trains on the selection it writes into its own workdir
+    assert all(r.config.data.cache_dir == r.config.select.out_dir == os.path.join(r.workdir, "selection")
+               for r in runs)
 
 
 def test_a_variant_overriding_a_key_the_base_lacks_is_refused(tmp_path):

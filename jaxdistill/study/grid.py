@@ -9,6 +9,9 @@ A study config (configs/studies/*.py) holds
   reference   the variant the others are compared with
   hypothesis_only  NLI: also train the base config on the hypothesis alone (variant "hypothesis-only",
               objective baseline), whose errors mark the hard subset (Gururangan et al. 2018)
+A base config with a `select` section (configs/morsd.py) trains each run on its own MoRSD selection,
+written to the run's `selection/` from scores computed once for the study (run.py); seed k is also
+the seed of a random selection (select.seed).
 A run is finished when its metrics.json and predictions.jsonl exist; an unfinished one resumes
 from its checkpoints (train.run), so a killed study continues where it stopped.
 """
@@ -76,6 +79,9 @@ def plan(study: ml_collections.ConfigDict, workdir: str, only: Iterable[str] = (
       apply(config, overrides, f"config.variants.{name}")
       config.seed = int(seed)
       config.data.shuffle_seed = int(seed)
+      workdir_of_run = os.path.join(workdir, name, f"seed-{int(seed)}")
+      if "select" in config:  # its data.cache_dir is the same reference: training reads this selection
+        config.select.update(out_dir=os.path.join(workdir_of_run, "selection"), seed=int(seed))
       config.name = f"{study.name}/{name}"
-      runs.append(Run(name, int(seed), os.path.join(workdir, name, f"seed-{int(seed)}"), config))
+      runs.append(Run(name, int(seed), workdir_of_run, config))
   return runs

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import copy
+import os
 import time
 from typing import Callable, Iterable
 
-from jaxdistill import train
+from jaxdistill import select, train
 from jaxdistill.study import grid, report
+
+
+def selection_scores(study, workdir: str):
+  """The Rationale Difficulty of every candidate under the base config's scorer, computed (and kept,
+  so a killed study does not score again) in WORKDIR/selection by `jaxdistill.select`."""
+  config = copy.deepcopy(study.base)
+  config.select.out_dir = os.path.join(workdir, "selection")
+  return select.run(config).scores
 
 
 def run(study, workdir: str, *, only: Iterable[str] = (), report_only: bool = False,
@@ -19,10 +29,14 @@ def run(study, workdir: str, *, only: Iterable[str] = (), report_only: bool = Fa
   echo(f"study {study.name}: {len(runs)} runs ({len(grid.variants(study))} variants x {len(study.seeds)} seeds"
        f"{', only ' + ','.join(only) if only else ''}), {done} finished, {len(todo)} to run in {workdir}")
   started, seconds = time.time(), []
+  scores = None  # MoRSD studies: every run selects from the same scores (one scoring per study)
   for k, r in enumerate(todo):
     eta = "" if not seconds else f", ETA {sum(seconds) / len(seconds) * (len(todo) - k) / 60:.0f} min"
     echo(f"[study] {done + k}/{len(runs)} runs done{eta}: training {r.variant} seed {r.seed} in {r.workdir}")
     t0 = time.time()
+    if "select" in r.config:
+      scores = scores if scores is not None else selection_scores(study, workdir)
+      select.run(r.config, scores=scores)  # cheap with the scores given; rewritten the same way on a rerun
     result = train.run(r.config, r.workdir)
     if result.get("preempted"):
       echo(f"[study] stopped on SIGTERM during {r.variant} seed {r.seed}; run the same command to resume")

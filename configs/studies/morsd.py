@@ -1,0 +1,31 @@
+"""Do low-difficulty rationales help? MoRSD's keep-k strategies on the same scored pool: all rationales,
+a random k, the k lowest-RD and the k highest-RD per example (configs/morsd.py's data, readers and
+student), 3 seeds. The pool is scored once for the study (WORKDIR/selection: the cross-fitted warm-up
+readers and every candidate's RD); each run writes its own selection from those scores.
+
+  python -m jaxdistill.study --config=configs/studies/morsd.py [--workdir=runs/studies/morsd]
+
+Reference: `all`. To let RD find wrong rationales on its own (the paper's setting):
+--config.base.select.accuracy=False. Reduced budget for a 2-core CPU: t5-tiny, 300 steps (12 runs plus
+the scoring). On one GPU: --config.base.model.preset=t5-small --config.base.train.steps=2000.
+"""
+
+import ml_collections
+
+from configs import morsd as morsd_config
+
+
+def get_config():
+  base = morsd_config.get_config()
+  base.data.max_eval_examples = 300
+
+  study = ml_collections.ConfigDict()
+  study.name = "morsd"
+  study.base = base
+  study.variants = ml_collections.ConfigDict(
+      {strategy: {"select": {"strategy": strategy}} for strategy in ("all", "random", "lowest", "highest")})
+  study.seeds = (0, 1, 2)
+  study.reference = "all"
+  study.hypothesis_only = False
+  study.bootstrap_resamples = 2000
+  return study
