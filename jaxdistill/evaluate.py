@@ -137,7 +137,8 @@ class Evaluator:
 
   def evaluate(self, model, split: str, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Metrics of `model` on `split`; with `rows` (a list), also one row per example appended to it:
-    id, gold, predicted, correct, the inputs and, for generating students, the generated text."""
+    id, gold, predicted, correct, the inputs and, for generating students, the generated text and the
+    rationale in it ("" when the target has none)."""
     examples = self.examples[split]
     if not examples:  # a score on nothing would read as a real 0 (or 1)
       raise ValueError(f"no {split} examples to evaluate")
@@ -151,7 +152,8 @@ class Evaluator:
       for i, (ex, predicted) in enumerate(zip(examples, predictions)):
         rows.append({"split": split, "id": ex.id, "gold": ex.label, "predicted": predicted,
                      "correct": predicted == ex.label, "inputs": dict(ex.inputs),
-                     **({"generated": generated[i]} if generated is not None else {})})
+                     **({"generated": generated[i], "rationale": formats.parse_rationale(generated[i], self.format)}
+                        if generated is not None else {})})
     if self.rationale_batches[split]:
       nll, count = 0.0, 0.0
       for batch, _ in self.rationale_batches[split]:

@@ -174,3 +174,23 @@ def test_input_fields_keeps_only_the_named_inputs():
   assert all(list(ex.inputs) == ["hypothesis"] for split in d.splits.values() for ex in split)
   with pytest.raises(ValueError, match=r"input_fields: \['question'\] not among the demo inputs"):
     sources.load_dataset({"source": "demo", "input_fields": "question"})
+
+
+def test_the_report_scores_faithfulness_of_variants_that_write_rationales(tmp_path):
+  runs = []
+  for variant, says in (("ref", None), ("cot", "so the answer is")):
+    for seed in (0, 1):
+      run = _write_run(tmp_path, variant, seed, [k % 3 != 0 for k in range(40)])
+      if says:  # rewrite the rows with a rationale naming the predicted label
+        path = os.path.join(run.workdir, train.PREDICTIONS)
+        rows = [json.loads(line) for line in open(path)]
+        for r in rows:
+          r["rationale"] = f"{says} {r['predicted']}"
+        open(path, "w").write("".join(json.dumps(r) + "\n" for r in rows))
+      runs.append(run)
+  rep = report.build(ml_collections.ConfigDict({"name": "f", "reference": "ref", "seeds": (0, 1)}), runs)
+  assert list(rep["faithfulness"]) == ["cot"]  # ref wrote no rationales: not scored
+  block = rep["faithfulness"]["cot"]
+  assert [s["seed"] for s in block["per_seed"]] == [0, 1]
+  assert block["consistency"]["mean"] == 1.0
+  assert "## rationale faithfulness" in report.markdown(rep)

@@ -127,6 +127,18 @@ def parse_answer(text: str, fmt: str) -> str:
   return text.strip()
 
 
+def parse_rationale(text: str, fmt: str) -> str:
+  """The rationale in a generated target of format `fmt` ("" where it has none: multitask label
+  text, or an answer-first target decoded only up to its answer)."""
+  if fmt == "rationale_answer":
+    head, mark, _ = text.rpartition(ANSWER_MARK.strip())
+    return head.strip() if mark else text.strip()
+  if fmt == "answer_rationale":
+    _, mark, tail = text.partition(EXPLANATION_MARK.strip())
+    return tail.strip() if mark else ""
+  return ""
+
+
 def label_record(ex: Example, labels: Sequence[str] | None, target: str | None = None,
                  fmt: str = "multitask") -> Seq2SeqRecord:
   """The record that predicts the label (training and evaluation); `class_id` is the label's

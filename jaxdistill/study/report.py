@@ -11,6 +11,8 @@ Per split (dev: the best model's dev predictions; test: its one test evaluation)
                 with a hypothesis-only variant, the hard subset its seeds get wrong by majority
   traces        variants whose runs report a trace block: phi of trace x answer correctness per seed,
                 mean with a t interval
+  faithfulness  variants whose students generate rationales: LAS and consistency per seed from
+                simulators trained on the run's dev predictions (simulators.py), mean with a t interval
 Every run of a variant must have predicted the same examples (stats.align refuses otherwise), and a
 split without examples is not reported.
 """
@@ -25,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from jaxdistill import files, train
-from jaxdistill.study import stats
+from jaxdistill.study import simulators, stats
 from jaxdistill.study.grid import HYPOTHESIS_ONLY, Run
 
 REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
@@ -147,6 +149,26 @@ def traces_report(runs_by_variant: Mapping[str, list[Run]]) -> dict[str, Any]:
   return out
 
 
+def faithfulness_report(runs_by_variant: Mapping[str, list[Run]], predictions) -> dict[str, Any]:
+  """variant -> LAS and consistency per seed and their t intervals, for variants whose runs wrote a
+  rationale for most dev and test examples (a student that generates none is not scored)."""
+  out = {}
+  for variant, runs in runs_by_variant.items():
+    per_seed = []
+    for run in runs:
+      dev, test = predictions[run.workdir].get("dev", []), predictions[run.workdir].get("test", [])
+      with_rationale = [r for r in dev + test if r.get("rationale")]
+      if not dev or not test or len(with_rationale) * 2 < len(dev) + len(test):
+        break
+      per_seed.append(dict(simulators.faithfulness(dev, test), seed=run.seed))
+    else:
+      if per_seed:
+        out[variant] = {"per_seed": per_seed,
+                        "las": _interval(stats.t_interval([s["las"] for s in per_seed])),
+                        "consistency": _interval(stats.t_interval([s["consistency"] for s in per_seed]))}
+  return out
+
+
 def build(study, runs: Sequence[Run]) -> dict[str, Any]:
   runs_by_variant: dict[str, list[Run]] = {}
   for run in runs:
@@ -159,6 +181,9 @@ def build(study, runs: Sequence[Run]) -> dict[str, Any]:
   traces = traces_report(runs_by_variant)
   if traces:
     report["traces"] = traces
+  faithful = faithfulness_report(runs_by_variant, predictions)
+  if faithful:
+    report["faithfulness"] = faithful
   return report
 
 
@@ -199,6 +224,14 @@ def markdown(report: Mapping[str, Any]) -> str:
               "|---|---|---|"]
     for variant, t in report["traces"].items():
       lines.append(f"| {variant} | {', '.join(f'{p:.3f}' for p in t['phi_per_seed'])} | {_pct(t['phi'])} |")
+    lines.append("")
+  if "faithfulness" in report:
+    lines += ["## rationale faithfulness (simulators fitted on each run's dev predictions, scored on its test "
+              "predictions; jaxdistill/study/simulators.py)", "",
+              "| variant | LAS [t CI] | consistency [t CI] | leaked / not leaked (per seed) |", "|---|---|---|---|"]
+    for variant, f in report["faithfulness"].items():
+      counts = ", ".join(f"{s['leaked']}/{s['not_leaked']}" for s in f["per_seed"])
+      lines.append(f"| {variant} | {_pct(f['las'])} | {_pct(f['consistency'])} | {counts} |")
     lines.append("")
   return "\n".join(lines)
 
