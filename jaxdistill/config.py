@@ -163,6 +163,9 @@ def defaults() -> ml_collections.ConfigDict:
   # WORKDIR/predictions.jsonl: the best model's dev and test predictions per example (id, gold,
   # predicted, correct, inputs, generated text), what a study pairs across variants and seeds.
   ev.write_predictions = True
+  # Also the student's own rationale per example in those rows (generated from the rationale prompt in
+  # the multitask format; the study's faithfulness measures read it).
+  ev.write_rationales = False
 
   # --- parallelism --------------------------------------------------------------
   # Mesh axis sizes; -1 means "all remaining devices". The product must equal the device count.

@@ -64,6 +64,9 @@ class Evaluator:
     # Answer first: what decoding the whole target (answer, marker, rationale) would take instead.
     self.full_new_tokens = self.max_new_tokens + int(config.data.max_target_len)
     self.perplexity = bool(config.eval.rationale_perplexity)
+    self.max_rationale_len = int(config.data.max_target_len)
+    self.max_source_len, self.batch_size = int(config.data.max_source_len), int(config.eval.batch_size)
+    self._rationale_inputs: dict[str, list] = {}
     batch_size = int(config.eval.batch_size)
     limit = int(config.data.max_eval_examples)
     self.examples, self.label_batches, self.rationale_batches = {}, {}, {}
@@ -104,6 +107,36 @@ class Evaluator:
           predictions[index] = texts[row]
     return predictions
 
+  def rationales(self, model, split: str) -> list[str]:
+    """The student's own rationale for each example of `split`: read from its full generated target
+    in the combined formats, generated from the rationale prompt in the multitask format (encoder
+    students through their explanation decoder)."""
+    if self.format != "multitask":
+      budget = self.full_new_tokens if self.format == "answer_rationale" else self.max_new_tokens
+      return [formats.parse_rationale(t, self.format) for t in self.predict_labels(model, split, budget, raw=True)]
+    if split not in self._rationale_inputs:
+      records = [formats.Seq2SeqRecord(formats.rationale_prompt(ex), "", formats.RATIONALE, 1.0, ex.id)
+                 for ex in self.examples[split]]
+      self._rationale_inputs[split] = [
+          (self.adapter.label_inputs(batch, self.tokenizer), indices) for batch, indices in pipeline.make_eval_batches(
+              records, self.tokenizer, self.batch_size, self.max_source_len, 1)]
+    texts: list[str] = [""] * len(self.examples[split])
+    for inputs, indices in self._rationale_inputs[split]:
+      out = self.adapter.generate_texts(model, to_global(inputs, self.mesh), max_new_tokens=self.max_rationale_len,
+                                        tokenizer=self.tokenizer, to_host=to_host)
+      for row, index in enumerate(indices):
+        if index >= 0:
+          texts[index] = out[row].strip()
+    return texts
+
+  def add_rationales(self, model, rows: list[dict[str, Any]]) -> None:
+    """Sets each prediction row's "rationale" (rows from `evaluate(..., rows=)`) to the student's own."""
+    for split in dict.fromkeys(r["split"] for r in rows):
+      texts = dict(zip((ex.id for ex in self.examples[split]), self.rationales(model, split)))
+      for r in rows:
+        if r["split"] == split:
+          r["rationale"] = texts[r["id"]]
+
   def measure_decode(self, model, split: str, repeats: int = 3) -> dict[str, Any]:
     """Wall time of label prediction on `split`, warm (each budget runs once to compile first),
     the fastest of `repeats` passes (other processes on the machine only ever add time).
@@ -137,8 +170,8 @@ class Evaluator:
 
   def evaluate(self, model, split: str, rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Metrics of `model` on `split`; with `rows` (a list), also one row per example appended to it:
-    id, gold, predicted, correct, the inputs and, for generating students, the generated text and the
-    rationale in it ("" when the target has none)."""
+    id, gold, predicted, correct, the inputs and, for generating students, the generated text (and the
+    rationale in it, rationale-first targets; add_rationales writes the others')."""
     examples = self.examples[split]
     if not examples:  # a score on nothing would read as a real 0 (or 1)
       raise ValueError(f"no {split} examples to evaluate")
@@ -152,8 +185,9 @@ class Evaluator:
       for i, (ex, predicted) in enumerate(zip(examples, predictions)):
         rows.append({"split": split, "id": ex.id, "gold": ex.label, "predicted": predicted,
                      "correct": predicted == ex.label, "inputs": dict(ex.inputs),
-                     **({"generated": generated[i], "rationale": formats.parse_rationale(generated[i], self.format)}
-                        if generated is not None else {})})
+                     **({"generated": generated[i]} if generated is not None else {})})
+        if generated is not None and self.format == "rationale_answer":  # the rationale is in the evaluated text
+          rows[-1]["rationale"] = formats.parse_rationale(generated[i], self.format)
     if self.rationale_batches[split]:
       nll, count = 0.0, 0.0
       for batch, _ in self.rationale_batches[split]:

@@ -42,6 +42,12 @@ class Kind:
     """Each row's predicted text: the generated text, or the head's label."""
     raise NotImplementedError
 
+  def generate_texts(self, model, inputs: dict[str, Any], *, max_new_tokens: int, tokenizer, to_host: Callable
+                     ) -> list[str]:
+    """Each row's generated text (e.g. an explanation from a rationale prompt)."""
+    return self.predict_texts(model, inputs, max_new_tokens=max_new_tokens, tokenizer=tokenizer, labels=None,
+                              to_host=to_host)
+
   def exported(self, model):
     """The module exported as a Hugging Face model."""
     return model
@@ -79,6 +85,12 @@ class Encoder(Kind):
     del max_new_tokens, tokenizer
     classes = np.argmax(to_host(_classify(model, inputs["encoder_input_ids"], inputs["encoder_segment_ids"])), -1)
     return [labels[c] for c in classes]
+
+  def generate_texts(self, model, inputs, *, max_new_tokens, tokenizer, to_host):
+    ids = decode.explain_greedy(model, inputs["encoder_input_ids"], inputs["encoder_segment_ids"],
+                                max_len=min(max_new_tokens, model.config.max_target_len),
+                                start_id=tokenizer.pad_id, eos_id=tokenizer.eos_id)
+    return [tokenizer.decode(row.tolist()) for row in to_host(ids)]
 
   def exported(self, model):
     return model.encoder

@@ -470,6 +470,8 @@ def finalize(job: Job) -> dict:
   if rows is not None:
     job.evaluator.evaluate(best_model, "dev", rows=rows)
   test = job.evaluator.evaluate(best_model, "test", rows=rows) if has_test else {}  # once, on the best-on-dev model
+  if rows is not None and config.eval.write_rationales:
+    job.evaluator.add_rationales(best_model, rows)
   if has_test:
     job.writer.write_scalars(job.step, _scalars("test", test))
   else:

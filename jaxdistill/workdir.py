@@ -32,7 +32,7 @@ FREE_KEYS = (
     "mesh.",  # a resharding restore continues the same run (numerics agree to float tolerance)
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpointing",
     "train.export_hf", "train.allow_config_change",
-    "eval.batch_size", "eval.measure_decode", "eval.write_predictions",
+    "eval.batch_size", "eval.measure_decode", "eval.write_predictions", "eval.write_rationales",
     "data.on_error",  # what it changes shows in the data digest
 )
 

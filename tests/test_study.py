@@ -194,3 +194,21 @@ def test_the_report_scores_faithfulness_of_variants_that_write_rationales(tmp_pa
   assert [s["seed"] for s in block["per_seed"]] == [0, 1]
   assert block["consistency"]["mean"] == 1.0
   assert "## rationale faithfulness" in report.markdown(rep)
+
+
+def test_a_finished_run_gets_the_rationales_a_study_asks_for_afterwards(tmp_path):
+  from jaxdistill.study import run as study_run  # pylint: disable=g-import-not-at-top
+  config = tu.tiny_config(**{"objective.name": "cot", "train.steps": 4, "eval.every": 4, "data.demo.num_train": 32,
+                             "data.demo.num_dev": 8, "data.demo.num_test": 8})
+  train.run(config, str(tmp_path))
+  run = grid.Run("cot", 0, str(tmp_path), config)
+  assert not any("rationale" in r for rows in report.read_predictions(run).values() for r in rows)
+  before = (tmp_path / train.PREDICTIONS).read_text()
+  config.eval.write_rationales = True  # a free key: the run's fingerprint does not change
+  lines = []
+  study_run.add_missing_rationales(run, lines.append)
+  rows = [r for rows in report.read_predictions(run).values() for r in rows]
+  assert len(rows) == 16 and all(isinstance(r["rationale"], str) for r in rows) and len(lines) == 1
+  assert [{k: v for k, v in r.items() if k != "rationale"} for r in rows] == [json.loads(l) for l in before.splitlines()]
+  study_run.add_missing_rationales(run, lines.append)  # once
+  assert len(lines) == 1

@@ -34,3 +34,58 @@ def test_a_rationale_that_says_nothing_adds_nothing():
 def test_the_simulator_learns_words_not_positions():
   sim = simulators.BowSimulator().fit(["red apple", "green pear", "red cherry", "green lime"], ["r", "g", "r", "g"])
   assert sim.predict(["a red thing", "green"]) == ["r", "g"]
+
+
+@pytest.mark.parametrize("preset,fmt", [("bert-tiny", "multitask"), ("t5-tiny", "multitask"),
+                                        ("llama-tiny", "multitask"), ("t5-tiny", "answer_rationale")])
+def test_every_kind_of_student_writes_its_own_rationales(preset, fmt, tmp_path):
+  """eval.write_rationales: the best model's rationale per dev and test example in predictions.jsonl,
+  generated from the rationale prompt (encoder students: their explanation decoder) or read from the
+  full answer-first target."""
+  import json  # pylint: disable=g-import-not-at-top
+  from jaxdistill import train  # pylint: disable=g-import-not-at-top
+  from tests import train_utils as tu  # pylint: disable=g-import-not-at-top
+  config = tu.tiny_config(**{"model.preset": preset, "objective.name": "cot", "objective.format": fmt,
+                             "train.steps": 4, "eval.every": 4, "eval.write_rationales": True,
+                             "data.demo.num_train": 32, "data.demo.num_dev": 8, "data.demo.num_test": 8})
+  train.run(config, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / train.PREDICTIONS)]
+  assert len(rows) == 16 and all(isinstance(r["rationale"], str) for r in rows)
+  # 4 steps in, an encoder's explanation decoder may emit only spaces, and an answer-first student may not
+  # reach its " Explanation:" marker yet; a generating student prompted for a rationale writes text.
+  if preset != "bert-tiny" and fmt == "multitask":
+    assert sum(bool(r["rationale"]) for r in rows) >= 8
+
+
+def test_the_rationale_of_a_generated_target():
+  from jaxdistill.data import formats  # pylint: disable=g-import-not-at-top
+  assert formats.parse_rationale("A dog runs. Answer: entailment", "rationale_answer") == "A dog runs."
+  assert formats.parse_rationale("entailment Explanation: A dog runs.", "answer_rationale") == "A dog runs."
+  assert formats.parse_rationale("entailment", "answer_rationale") == ""  # decoded only up to the answer
+  assert formats.parse_rationale("entailment", "multitask") == ""
+
+
+def test_encoder_explanations_are_the_explanation_decoders_greedy_tokens():
+  """explain_greedy's tokens are, position by position, the argmax of the explanation decoder run
+  teacher-forced on those same tokens (the uncached loop agrees with the model it decodes)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jaxdistill.models import decode, students  # pylint: disable=g-import-not-at-top
+  model_config = ml_collections.ConfigDict({"preset": "bert-tiny", "checkpoint": "", "dtype": "float32",
+                                            "dropout_rate": 0.0, "heads": {"pooling": "first", "decoder_layers": 2,
+                                            "decoder_heads": 4, "decoder_mlp": 0, "max_target_len": 64}})
+  spec = students.spec(model_config, vocab_size=128, num_classes=3)
+  model = students.build(spec, nnx.Rngs(params=3))
+  ids = np.random.default_rng(0).integers(3, 128, size=(2, 12)).astype(np.int32)
+  seg = np.ones_like(ids)
+  out = np.asarray(decode.explain_greedy(model, ids, seg, max_len=10, start_id=0, eos_id=1))
+  encoded = model.encoder(jnp.asarray(ids), jnp.asarray(seg), None)
+  forced = np.concatenate([np.zeros((2, 1), np.int32), out[:, :-1]], axis=1)
+  logits, _ = model.explainer(jnp.asarray(forced), jnp.ones_like(forced), jnp.broadcast_to(jnp.arange(10), (2, 10)),
+                              encoded, jnp.asarray(seg))
+  greedy = np.argmax(np.asarray(logits), -1)
+  for row in range(2):
+    end = next((t for t, tok in enumerate(out[row]) if tok == 1), 9) + 1  # through EOS; zeros after
+    np.testing.assert_array_equal(out[row, :end], greedy[row, :end])
+    assert not out[row, end:].any()

@@ -35,9 +35,10 @@ def get_config():
   study.base = base
   study.variants = ml_collections.ConfigDict({
       "baseline": {"objective": {"name": "baseline"}},
-      "human": {"objective": {"name": "human"}},
-      "cot": {"objective": {"name": "cot"}},
-      "hybrid": {"objective": {"name": "hybrid"}},
+      # Students trained on rationales also write their own (the explanation decoder's) for faithfulness.
+      "human": {"objective": {"name": "human"}, "eval": {"write_rationales": True}},
+      "cot": {"objective": {"name": "cot"}, "eval": {"write_rationales": True}},
+      "hybrid": {"objective": {"name": "hybrid"}, "eval": {"write_rationales": True}},
   })
   study.seeds = (0, 1, 2)
   study.reference = "baseline"

@@ -23,7 +23,7 @@ def get_config():
   base.model.preset = "t5-tiny"
   base.data.demo.num_train = 2000
   base.train.update(steps=300, batch_size=16, checkpoint_every=100, log_every=50)
-  base.eval.update(every=100, measure_decode=True)
+  base.eval.update(every=100, measure_decode=True, write_rationales=True)  # answer-first: decode the rationale too
 
   study = ml_collections.ConfigDict()
   study.name = "pst"

@@ -348,3 +348,36 @@ def causal_lm_generate(model: nnx.Module | tuple[nnx.GraphDef, nnx.State], promp
                           jnp.asarray(eos_id, jnp.int32), rng, temp,
                           max_new_tokens=max_new_tokens, top_k=0 if greedy else top_k,
                           top_p=1.0 if greedy else float(top_p), greedy=greedy, pad_id=pad_id)
+
+
+# --------------------------------------------------------------------------- encoder students' explanations
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_len"))
+def _explain(graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array, segment_ids: Array, max_len: int,
+             start_id: Array, eos_id: Array) -> Array:
+  model = nnx.merge(graphdef, state)
+  encoded = model.encoder(input_ids, segment_ids, None)
+  batch = input_ids.shape[0]
+  tokens = jnp.full((batch, max_len + 1), start_id, jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch, max_len))
+  ones = jnp.ones((batch, max_len), jnp.int32)
+
+  def step(t, carry):
+    tokens, done = carry
+    # The decoder reads the whole buffer; its causal mask keeps position t blind to what follows.
+    logits, _ = model.explainer(tokens[:, :max_len], ones, positions, encoded, segment_ids)
+    token = jnp.where(done, 0, jnp.argmax(jax.lax.dynamic_index_in_dim(logits, t, 1, False), -1).astype(jnp.int32))
+    return tokens.at[:, t + 1].set(token), done | (token == eos_id)
+
+  tokens, _ = jax.lax.fori_loop(0, max_len, step, (tokens, jnp.zeros((batch,), bool)))
+  return tokens[:, 1:]
+
+
+def explain_greedy(model: nnx.Module, input_ids: Array, segment_ids: Array, *, max_len: int, start_id: int,
+                   eos_id: int) -> Array:
+  """Greedy explanations of an encoder student (models/heads.py EncoderStudent: its explanation
+  decoder over the encoder states) -> int32 [B, max_len], 0 after EOS. No KV cache: the decoder is
+  two small layers and an explanation a few dozen tokens, so each step recomputes the prefix."""
+  graphdef, state = nnx.split(model)
+  return _explain(graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(segment_ids, jnp.int32),
+                  max_len=max_len, start_id=jnp.int32(start_id), eos_id=jnp.int32(eos_id))

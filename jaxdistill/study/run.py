@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from typing import Callable, Iterable
 
-from jaxdistill import select, train
+from jaxdistill import files, select, train
 from jaxdistill.study import grid, report
 
 
@@ -17,6 +18,21 @@ def selection_scores(study, workdir: str):
   config = copy.deepcopy(study.base)
   config.select.out_dir = os.path.join(workdir, "selection")
   return select.run(config).scores
+
+
+def add_missing_rationales(r: grid.Run, echo: Callable[[str], None]) -> None:
+  """A run whose config asks for rationales (eval.write_rationales) but whose predictions have none
+  (made before it asked) gets them from its best model, once."""
+  if not r.config.eval.write_rationales:
+    return
+  rows = [row for split_rows in report.read_predictions(r).values() for row in split_rows]
+  if all("rationale" in row for row in rows):
+    return
+  echo(f"[study] generating {r.variant} seed {r.seed}'s rationales with its best model")
+  model, evaluator = train.restore_best(r.config, r.workdir)
+  evaluator.add_rationales(model, rows)
+  files.atomic_write_text(os.path.join(r.workdir, train.PREDICTIONS),
+                          "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows))
 
 
 def run(study, workdir: str, *, only: Iterable[str] = (), report_only: bool = False,
@@ -45,6 +61,8 @@ def run(study, workdir: str, *, only: Iterable[str] = (), report_only: bool = Fa
   if todo:
     echo(f"[study] {len(runs)}/{len(runs)} runs done in {(time.time() - started) / 60:.1f} min")
   finished = [r for r in grid.plan(study, workdir) if r.finished]
+  for r in finished:
+    add_missing_rationales(r, echo)
   missing = sorted({r.variant for r in grid.plan(study, workdir)} - {r.variant for r in finished})
   if missing:
     echo(f"[study] no report yet: no finished run of {', '.join(missing)}")
