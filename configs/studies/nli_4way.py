@@ -8,8 +8,9 @@ selection on dev, one test evaluation per run; plus a hypothesis-only baseline f
 Data: ../shared/data/dss/esnli (the DSS release: e-SNLI valid minus its last 1,000 examples to train on,
 those 1,000 as dev, the 9,824 test examples; three human explanations and PaLM-540B chain-of-thought per
 example). Budget on a 2-core CPU: 15 runs (4 variants + hypothesis-only, x 3 seeds) of 120 steps of 8
-packed rows (about 3,000 training examples seen), dev and test capped at 1,000 examples each: about
-10 minutes a run, 2.5 hours in all (resumable: a killed study continues). On one GPU the same grid with
+packed rows (about 3,000 training examples seen), dev and test capped at 1,000 examples each. Measured:
+the first run (baseline, seed 0) took about 18 minutes with another training job sharing the CPU, so
+the grid is 3 to 4.5 hours and spans sessions (resumable: the same command continues). On one GPU the same grid with
 the full test set and 2,000 steps of 32 rows takes minutes per run: --config.base.train.steps=2000
 --config.base.train.batch_size=32 --config.base.data.max_eval_examples=-1.
 """
