@@ -32,6 +32,7 @@ def _metrics(path: str) -> dict:
     return json.load(f)
 
 
+@pytest.mark.slow  # four tiny trainings in subprocesses, one killed: about 2.5 minutes
 def test_a_killed_study_resumes_and_reports_on_exactly_its_runs(tmp_path):
   workdir = str(tmp_path / "study")
   proc = subprocess.Popen(_study_command(workdir), cwd=tu.REPO, env=tu.env(), stdout=subprocess.PIPE,

@@ -36,8 +36,10 @@ def test_the_simulator_learns_words_not_positions():
   assert sim.predict(["a red thing", "green"]) == ["r", "g"]
 
 
-@pytest.mark.parametrize("preset,fmt", [("bert-tiny", "multitask"), ("t5-tiny", "multitask"),
-                                        ("llama-tiny", "multitask"), ("t5-tiny", "answer_rationale")])
+@pytest.mark.parametrize("preset,fmt", [
+    ("bert-tiny", "multitask"), ("t5-tiny", "answer_rationale"),
+    pytest.param("t5-tiny", "multitask", marks=pytest.mark.slow),
+    pytest.param("llama-tiny", "multitask", marks=pytest.mark.slow)])
 def test_every_kind_of_student_writes_its_own_rationales(preset, fmt, tmp_path):
   """eval.write_rationales: the best model's rationale per dev and test example in predictions.jsonl,
   generated from the rationale prompt (encoder students: their explanation decoder) or read from the
