@@ -217,7 +217,7 @@ def unknown_keys(config: ml_collections.ConfigDict) -> list[str]:
 
 def _known_like(key: str) -> str:
   """Known keys close to `key`, for the error message."""
-  flat = [k for k in _flat_keys(defaults())] + list(OPTIONAL_SECTIONS)
+  flat = _flat_keys(defaults()) + list(OPTIONAL_SECTIONS)
   close = difflib.get_close_matches(key, flat, n=3, cutoff=0.75)
   return f"; did you mean {' or '.join(close)}?" if close else ""
 

@@ -62,13 +62,7 @@ def _kd_config(cache: str, teacher: str, **overrides):
   config.data.update(max_source_len=64, max_target_len=48)
   config.train.update(steps=16, batch_size=8, warmup_steps=2, log_every=4, checkpoint_every=8)
   config.eval.update(every=8, batch_size=8)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split("__")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return tu.set_keys(config, overrides)
 
 
 @pytest.fixture(scope="module")

@@ -38,9 +38,14 @@ def tiny_config(**overrides):
   config = hybrid.get_config()
   merged = dict(TINY_OVERRIDES)
   merged.update({k.replace("__", "."): v for k, v in overrides.items()})
-  for key, value in merged.items():
+  return set_keys(config, merged)
+
+
+def set_keys(config, values: dict):
+  """Sets dotted keys ("a.b.c", or "a__b__c") of `config` in place; returns it."""
+  for key, value in values.items():
     node = config
-    *parents, leaf = key.split(".")
+    *parents, leaf = key.replace("__", ".").split(".")
     for p in parents:
       node = node[p]
     node[leaf] = value

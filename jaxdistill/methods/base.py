@@ -23,10 +23,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxdistill.data.pipeline import TokenFeature  # (record, target ids, task ids) -> int32 per target token
 from jaxdistill.objectives.losses import WeightedTerm
 
-# (record, target token ids, their task ids) -> one int32 per target token (0 = none).
-TokenFeature = Callable[[Any, Sequence[int], Sequence[int]], np.ndarray]
 BatchView = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 

@@ -40,8 +40,9 @@ def run(study, workdir: str, *, only: Iterable[str] = (), report_only: bool = Fa
   """Trains every unfinished run of the study (or of the `only` variants), then reports over every
   finished run of the whole grid (None while some variant has no finished run)."""
   runs = grid.plan(study, workdir, only)
-  todo = [] if report_only else [r for r in runs if not r.finished]
-  done = len(runs) - len([r for r in runs if not r.finished])
+  unfinished = [r for r in runs if not r.finished]
+  todo = [] if report_only else unfinished
+  done = len(runs) - len(unfinished)
   echo(f"study {study.name}: {len(runs)} runs ({len(grid.variants(study))} variants x {len(study.seeds)} seeds"
        f"{', only ' + ','.join(only) if only else ''}), {done} finished, {len(todo)} to run in {workdir}")
   started, seconds = time.time(), []
@@ -60,10 +61,11 @@ def run(study, workdir: str, *, only: Iterable[str] = (), report_only: bool = Fa
     seconds.append(time.time() - t0)
   if todo:
     echo(f"[study] {len(runs)}/{len(runs)} runs done in {(time.time() - started) / 60:.1f} min")
-  finished = [r for r in grid.plan(study, workdir) if r.finished]
+  grid_runs = grid.plan(study, workdir)  # the whole grid: the report covers every finished run
+  finished = [r for r in grid_runs if r.finished]
   for r in finished:
     add_missing_rationales(r, echo)
-  missing = sorted({r.variant for r in grid.plan(study, workdir)} - {r.variant for r in finished})
+  missing = sorted({r.variant for r in grid_runs} - {r.variant for r in finished})
   if missing:
     echo(f"[study] no report yet: no finished run of {', '.join(missing)}")
     return None
