@@ -197,6 +197,36 @@ def test_the_report_scores_faithfulness_of_variants_that_write_rationales(tmp_pa
   assert "## rationale faithfulness" in report.markdown(rep)
 
 
+def test_the_report_gives_trace_rates_with_intervals_over_seeds(tmp_path):
+  from jaxdistill import traces  # pylint: disable=g-import-not-at-top
+  # (trace ok, answer ok) per example for two seeds; seed 1 has every trace right (phi undefined).
+  seeds = [[(1, 1), (1, 1), (0, 0), (0, 1)], [(1, 1), (1, 0), (1, 1), (1, 1)]]
+  runs = []
+  for seed, pairs in enumerate(seeds):
+    run = _write_run(tmp_path, "gold", seed, [a for _, a in pairs])
+    block = {**traces.correlation_block([bool(t) for t, _ in pairs], [bool(a) for _, a in pairs]),
+             "answer_accuracy": np.mean([a for _, a in pairs]), "trace_accuracy": np.mean([t for t, _ in pairs]),
+             "step_accuracy": {"retrieval": np.mean([t for t, _ in pairs]), "answer": np.mean([a for _, a in pairs])}}
+    metrics = json.loads(open(os.path.join(run.workdir, "metrics.json")).read())
+    open(os.path.join(run.workdir, "metrics.json"), "w").write(json.dumps({**metrics, "traces": block}))
+    runs.append(run)
+  rep = report.build(ml_collections.ConfigDict({"name": "t", "reference": "gold", "seeds": (0, 1)}), runs)
+  gold = rep["traces"]["gold"]
+  assert gold["trace_accuracy"]["per_seed"] == [0.5, 1.0]
+  mean, low, high = stats.t_interval([0.5, 1.0])
+  assert (gold["trace_accuracy"]["mean"], gold["trace_accuracy"]["low"], gold["trace_accuracy"]["high"]) == (
+      mean, low, high)
+  assert gold["step retrieval"]["mean"] == 0.75 and gold["step answer"]["mean"] == 0.75
+  # phi: seed 0's table is a=2, b=0, c=1, d=1 -> (2*1 - 0) / sqrt(2*2*3*1); seed 1 leaves it undefined.
+  assert gold["phi"]["per_seed"][0] == pytest.approx(2 / np.sqrt(12)) and gold["phi"]["per_seed"][1] is None
+  assert gold["phi"]["defined_seeds"] == 1 and gold["phi"]["low"] is None  # one seed: no interval claimed
+  assert gold["p_answer_given_trace_wrong"]["defined_seeds"] == 1
+  assert gold["contingency"] == {"trace_ok_answer_ok": 5, "trace_ok_answer_wrong": 1, "trace_wrong_answer_ok": 1,
+                                 "trace_wrong_answer_wrong": 1}
+  md = report.markdown(rep)
+  assert "| gold | 0.750 [" in md and "(n=1)" in md and "5, 1, 1, 1 |" in md
+
+
 def test_a_finished_run_gets_the_rationales_a_study_asks_for_afterwards(tmp_path):
   from jaxdistill.study import run as study_run  # pylint: disable=g-import-not-at-top
   config = tu.tiny_config(**{"objective.name": "cot", "train.steps": 4, "eval.every": 4, "data.demo.num_train": 32,

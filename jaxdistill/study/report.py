@@ -9,8 +9,8 @@ Per split (dev: the best model's dev predictions; test: its one test evaluation)
                 McNemar per seed (variant seed k vs reference seed k), Holm-corrected over all of them
   subsets       NLI pairs: lexical-overlap buckets, negation in the hypothesis, length buckets and,
                 with a hypothesis-only variant, the hard subset its seeds get wrong by majority
-  traces        variants whose runs report a trace block: phi of trace x answer correctness per seed,
-                mean with a t interval
+  traces        variants whose runs report a trace block: answer / trace / step accuracy,
+                P(answer ok | trace ok / wrong) and phi per seed with t intervals, and the summed table
   faithfulness  variants whose students generate rationales: LAS and consistency per seed from
                 simulators trained on the run's dev predictions (simulators.py), mean with a t interval
 Every run of a variant must have predicted the same examples (stats.align refuses otherwise), and a
@@ -134,18 +134,34 @@ def split_report(study, runs_by_variant: Mapping[str, list[Run]], predictions, s
   return {"accuracy": accuracy, "vs_reference": paired, "subsets": subsets}
 
 
+TRACE_RATES = ("answer_accuracy", "trace_accuracy", "p_answer_given_trace_ok", "p_answer_given_trace_wrong", "phi")
+
+
 def traces_report(runs_by_variant: Mapping[str, list[Run]]) -> dict[str, Any]:
-  """variant -> phi per seed (test trace x answer table) and its t interval, for trace runs."""
+  """variant -> for runs that report a trace block (their test evaluation): answer and trace accuracy,
+  P(answer ok | trace ok / wrong), phi and every step's accuracy per seed with t intervals over
+  seeds, and the trace x answer table summed over seeds. A rate a seed leaves undefined (phi with an
+  empty margin, P(. | trace wrong) when every trace is right) is left out of that rate's interval,
+  and the count of seeds behind it is kept."""
   out = {}
   for variant, runs in runs_by_variant.items():
-    phis = []
+    blocks = []
     for run in runs:
       with open(os.path.join(run.workdir, "metrics.json"), encoding="utf-8") as f:
         block = json.load(f).get("traces")
-      if block and block.get("phi") is not None:
-        phis.append(float(block["phi"]))
-    if phis:
-      out[variant] = {"phi_per_seed": phis, "phi": _interval(stats.t_interval(phis))}
+      if block:
+        blocks.append(block)
+    if not blocks:
+      continue
+    entry: dict[str, Any] = {"seeds": len(blocks)}
+    rates = {**{k: [b.get(k) for b in blocks] for k in TRACE_RATES},
+             **{f"step {name}": [b["step_accuracy"].get(name) for b in blocks] for name in blocks[0]["step_accuracy"]}}
+    for key, values in rates.items():
+      defined = [float(v) for v in values if v is not None]
+      entry[key] = {"per_seed": values, "defined_seeds": len(defined),
+                    **_interval(stats.t_interval(defined) if defined else (None, None, None))}
+    entry["contingency"] = {k: sum(int(b["contingency"][k]) for b in blocks) for k in blocks[0]["contingency"]}
+    out[variant] = entry
   return out
 
 
@@ -220,10 +236,17 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines.append(f"| {bucket} | {cells['count']} | " + " | ".join(_pct(cells[v]) for v in variants) + " |")
       lines.append("")
   if "traces" in report:
-    lines += ["## traces (test): phi of trace x answer correctness", "", "| variant | phi per seed | mean [t CI] |",
-              "|---|---|---|"]
+    lines += ["## traces (test): answer and trace accuracy, P(answer ok | trace ok / wrong), phi of trace x answer "
+              "correctness; mean over seeds [t CI] (n: seeds where the rate is defined)", ""]
+    keys = list(next(iter(report["traces"].values())))
+    keys = [k for k in keys if k not in ("seeds", "contingency")]
+    lines += ["| variant | " + " | ".join(keys) + " | table summed over seeds (tok/aok, tok/awrong, twrong/aok, "
+              "twrong/awrong) |", "|---" * (len(keys) + 2) + "|"]
     for variant, t in report["traces"].items():
-      lines.append(f"| {variant} | {', '.join(f'{p:.3f}' for p in t['phi_per_seed'])} | {_pct(t['phi'])} |")
+      cells = [("n/a" if t[k]["mean"] is None else _pct(t[k])) + (f" (n={t[k]['defined_seeds']})"
+               if t[k]["defined_seeds"] != t["seeds"] else "") for k in keys]
+      table = ", ".join(str(v) for v in t["contingency"].values())
+      lines.append(f"| {variant} | " + " | ".join(cells) + f" | {table} |")
     lines.append("")
   if "faithfulness" in report:
     lines += ["## rationale faithfulness (simulators fitted on each run's dev predictions, scored on its test "
