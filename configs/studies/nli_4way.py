@@ -44,5 +44,6 @@ def get_config():
   study.seeds = (0, 1, 2)
   study.reference = "baseline"
   study.hypothesis_only = True
+  study.hypothesis_only_seeds = (0,)  # one hypothesis-only model marks the hard subset, as in Gururangan et al.
   study.bootstrap_resamples = 2000
   return study

@@ -8,7 +8,8 @@ A study config (configs/studies/*.py) holds
               so the dev and test examples every comparison pairs, stay the same
   reference   the variant the others are compared with
   hypothesis_only  NLI: also train the base config on the hypothesis alone (variant "hypothesis-only",
-              objective baseline), whose errors mark the hard subset (Gururangan et al. 2018)
+              objective baseline), whose errors mark the hard subset (Gururangan et al. 2018);
+              `hypothesis_only_seeds` (default: seeds) runs it with fewer seeds
 A base config with a `select` section (configs/morsd.py) trains each run on its own MoRSD selection,
 written to the run's `selection/` from scores computed once for the study (run.py); seed k is also
 the seed of a random selection (select.seed).
@@ -63,6 +64,12 @@ def variants(study: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
+def seeds_of(study: ml_collections.ConfigDict, variant: str) -> tuple[int, ...]:
+  if variant == HYPOTHESIS_ONLY and study.get("hypothesis_only_seeds") is not None:
+    return tuple(study.hypothesis_only_seeds)
+  return tuple(study.seeds)
+
+
 def plan(study: ml_collections.ConfigDict, workdir: str, only: Iterable[str] = ()) -> list[Run]:
   """Every run of the study (or of the `only` variants), variant by variant, seeds in order."""
   table = variants(study)
@@ -74,7 +81,7 @@ def plan(study: ml_collections.ConfigDict, workdir: str, only: Iterable[str] = (
   for name, overrides in table.items():
     if only and name not in only:
       continue
-    for seed in study.seeds:
+    for seed in seeds_of(study, name):
       config = copy.deepcopy(study.base)
       apply(config, overrides, f"config.variants.{name}")
       config.seed = int(seed)

@@ -43,7 +43,7 @@ def run(study, workdir: str, *, only: Iterable[str] = (), report_only: bool = Fa
   unfinished = [r for r in runs if not r.finished]
   todo = [] if report_only else unfinished
   done = len(runs) - len(unfinished)
-  echo(f"study {study.name}: {len(runs)} runs ({len(grid.variants(study))} variants x {len(study.seeds)} seeds"
+  echo(f"study {study.name}: {len(runs)} runs ({len(grid.variants(study))} variants, seeds {list(study.seeds)}"
        f"{', only ' + ','.join(only) if only else ''}), {done} finished, {len(todo)} to run in {workdir}")
   started, seconds = time.time(), []
   scores = None  # MoRSD studies: every run selects from the same scores (one scoring per study)
