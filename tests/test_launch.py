@@ -339,16 +339,22 @@ def test_slurm_dry_run_prints_one_task_per_node_and_one_srun():
   assert output == [f"--output={os.path.join(tu.REPO, 'runs', 'hybrid', 'slurm', '%x-%j.out')}"]
 
 
-def test_slurm_study_entry_point_and_gs_workdir():
-  proc = launcher("slurm.py", "--module=jaxdistill.study", "--config=configs/studies/pst.py",
-                  "--workdir=gs://bucket/study", "--dry-run", "--", "--only=a,b")
-  script, _ = split_sbatch_output(proc.stdout)
+def srun_line(stdout: str) -> list[str]:
+  script, _ = split_sbatch_output(stdout)
   (srun,) = [shlex.split(line) for line in script.splitlines() if line.startswith("srun")]
-  assert srun[3:] == ["python3", "-m", "jaxdistill.study", "--config=configs/studies/pst.py",
-                      "--workdir=gs://bucket/study", "--only=a,b"]
-  teach = launcher("slurm.py", "--module=jaxdistill.teach", "--config=configs/teach.py", "--workdir=runs/teach",
-                   "--dry-run")
-  assert not any(a.startswith("--workdir") for a in shlex.split(teach.stdout.splitlines()[-2]))  # teach has none
+  return srun
+
+
+def test_slurm_other_entry_points_and_a_gs_workdir():
+  study = launcher("slurm.py", "--dry-run", "--module=jaxdistill.study", "--config=configs/studies/pst.py",
+                   "--workdir=gs://bucket/study", "--", "--only=a,b")
+  assert srun_line(study.stdout)[3:] == ["python3", "-m", "jaxdistill.study", "--config=configs/studies/pst.py",
+                                         "--workdir=gs://bucket/study", "--only=a,b"]
+  _, sbatch = split_sbatch_output(study.stdout)  # logs stay on the cluster's disk
+  assert sbatch == ["sbatch", os.path.join(tu.REPO, "runs", "slurm-logs", "jaxdistill-pst.sbatch")]
+  teach = launcher("slurm.py", "--dry-run", "--module=jaxdistill.teach", "--config=configs/teach.py",
+                   "--workdir=runs/teach")
+  assert srun_line(teach.stdout)[3:] == ["python3", "-m", "jaxdistill.teach", "--config=configs/teach.py"]
 
 
 def test_slurm_submits_the_script_it_prints(tmp_path):
