@@ -227,6 +227,27 @@ def test_the_report_gives_trace_rates_with_intervals_over_seeds(tmp_path):
   assert "| gold | 0.750 [" in md and "(n=1)" in md and "5, 1, 1, 1 |" in md
 
 
+def test_the_report_gives_the_studys_run_metrics_over_seeds(tmp_path):
+  runs = []
+  for seed, (speedup, kept) in enumerate([(2.0, 10), (4.0, None)]):
+    run = _write_run(tmp_path, "answer_first", seed, [1, 0, 1])
+    metrics = json.loads(open(os.path.join(run.workdir, "metrics.json")).read())
+    open(os.path.join(run.workdir, "metrics.json"), "w").write(json.dumps({**metrics, "decode": {"speedup": speedup}}))
+    os.makedirs(os.path.join(run.workdir, "selection"))
+    open(os.path.join(run.workdir, "selection", "selection.json"), "w").write(json.dumps({"counts": {"kept": kept}}))
+    runs.append(run)
+  study = ml_collections.ConfigDict({"name": "m", "reference": "answer_first", "seeds": (0, 1),
+                                     "metrics": (("speed-up", "decode.speedup"),
+                                                 ("kept", "selection/selection.json:counts.kept"))})
+  rep = report.build(study, runs)
+  block = rep["run_metrics"]["answer_first"]
+  mean, low, high = stats.t_interval([2.0, 4.0])
+  assert (block["speed-up"]["mean"], block["speed-up"]["low"], block["speed-up"]["high"]) == (mean, low, high)
+  assert block["kept"]["per_seed"] == [10, None] and block["kept"]["defined_seeds"] == 1
+  assert block["kept"]["mean"] == 10 and block["kept"]["low"] is None
+  assert f"| answer_first | {mean:.4g} [{low:.4g}, {high:.4g}] | 10 (n=1) |" in report.markdown(rep)
+
+
 def test_a_finished_run_gets_the_rationales_a_study_asks_for_afterwards(tmp_path):
   from jaxdistill.study import run as study_run  # pylint: disable=g-import-not-at-top
   config = tu.tiny_config(**{"objective.name": "cot", "train.steps": 4, "eval.every": 4, "data.demo.num_train": 32,

@@ -28,4 +28,9 @@ def get_config():
   study.reference = "all"
   study.hypothesis_only = False
   study.bootstrap_resamples = 2000
+  # what each run's selection kept (its selection/selection.json) beside the accuracy tables
+  study.metrics = (("kept", "selection/selection.json:counts.kept"),
+                   ("kept: teacher correct", "selection/selection.json:kept_teacher_correct"),
+                   ("kept: mean RD", "selection/selection.json:kept_mean_rd"),
+                   ("test rationale ppl", "test_rationale_perplexity"))
   return study

@@ -11,6 +11,8 @@ Per split (dev: the best model's dev predictions; test: its one test evaluation)
                 with a hypothesis-only variant, the hard subset its seeds get wrong by majority
   traces        variants whose runs report a trace block: answer / trace / step accuracy,
                 P(answer ok | trace ok / wrong) and phi per seed with t intervals, and the summed table
+  run metrics   the study's `metrics` ((label, a metrics.json key such as "decode.speedup", or
+                FILE:key for another JSON file of the run) pairs): mean over seeds with a t interval
   faithfulness  variants whose students generate rationales: LAS and consistency per seed from
                 simulators trained on the run's dev predictions (simulators.py), mean with a t interval
 Every run of a variant must have predicted the same examples (stats.align refuses otherwise), and a
@@ -165,6 +167,32 @@ def traces_report(runs_by_variant: Mapping[str, list[Run]]) -> dict[str, Any]:
   return out
 
 
+def _json_value(run: Run, path: str) -> Any:
+  """`path` is a dotted key into the run's metrics.json, or FILE:dotted.key into a JSON file of its workdir."""
+  file, _, key = path.rpartition(":")
+  with open(os.path.join(run.workdir, file or "metrics.json"), encoding="utf-8") as f:
+    value = json.load(f)
+  for part in key.split("."):
+    value = value.get(part) if isinstance(value, dict) else None
+  return value
+
+
+def run_metrics_report(study, runs_by_variant: Mapping[str, list[Run]]) -> dict[str, Any]:
+  """variant -> {label: per-seed values of the study's `metrics` ((label, path) pairs, see _json_value)
+  and their mean with a t interval over the seeds where the value is a number}."""
+  wanted = dict(study.get("metrics", ()) or ())
+  out = {}
+  for variant, runs in runs_by_variant.items():
+    entry = {}
+    for label, path in wanted.items():
+      values = [_json_value(run, path) for run in runs]
+      numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+      entry[label] = {"per_seed": values, "defined_seeds": len(numbers),
+                      **_interval(stats.t_interval(numbers) if numbers else (None, None, None))}
+    out[variant] = entry
+  return out if wanted else {}
+
+
 def faithfulness_report(runs_by_variant: Mapping[str, list[Run]], predictions) -> dict[str, Any]:
   """variant -> LAS and consistency per seed and their t intervals, for variants whose runs wrote a
   rationale for most dev and test examples (a student that generates none is not scored)."""
@@ -194,6 +222,9 @@ def build(study, runs: Sequence[Run]) -> dict[str, Any]:
   report = {"study": study.name, "reference": study.reference, "seeds": [int(s) for s in study.seeds],
             "variants": list(runs_by_variant), "splits": {s: split_report(study, runs_by_variant, predictions, s)
                                                           for s in splits}}
+  run_metrics = run_metrics_report(study, runs_by_variant)
+  if run_metrics:
+    report["run_metrics"] = run_metrics
   traces = traces_report(runs_by_variant)
   if traces:
     report["traces"] = traces
@@ -205,10 +236,10 @@ def build(study, runs: Sequence[Run]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- writing
 
-def _pct(x: Mapping[str, float | None]) -> str:
+def _pct(x: Mapping[str, float | None], spec: str = ".3f") -> str:
   if x["low"] is None:
-    return f"{x['mean']:.3f}"
-  return f"{x['mean']:.3f} [{x['low']:.3f}, {x['high']:.3f}]"
+    return f"{x['mean']:{spec}}"
+  return f"{x['mean']:{spec}} [{x['low']:{spec}}, {x['high']:{spec}}]"
 
 
 def markdown(report: Mapping[str, Any]) -> str:
@@ -235,6 +266,17 @@ def markdown(report: Mapping[str, Any]) -> str:
       for bucket, cells in table.items():
         lines.append(f"| {bucket} | {cells['count']} | " + " | ".join(_pct(cells[v]) for v in variants) + " |")
       lines.append("")
+  if "run_metrics" in report:
+    labels = list(next(iter(report["run_metrics"].values())))
+    lines += ["## run metrics: mean over seeds [t CI] (n: seeds where the value exists)", "",
+              "| variant | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for variant, entry in report["run_metrics"].items():
+      seeds = len(entry[labels[0]]["per_seed"])
+      cells = [("-" if entry[k]["mean"] is None else _pct(entry[k], ".4g"))
+               + (f" (n={entry[k]['defined_seeds']})" if entry[k]["mean"] is not None and entry[k]["defined_seeds"] != seeds
+                  else "") for k in labels]
+      lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines.append("")
   if "traces" in report:
     lines += ["## traces (test): answer and trace accuracy, P(answer ok | trace ok / wrong), phi of trace x answer "
               "correctness; mean over seeds [t CI] (n: seeds where the rate is defined)", ""]
