@@ -2,7 +2,8 @@
 
 Each host is a `python -m jaxdistill.main` subprocess on CPU devices, joined by `jax.distributed`
 over gloo (jaxdistill/main.py), in the tiny config of tests/train_utils.py. Every test here is slow
-(each process compiles on the 2 shared cores); the times are measured on them.
+(each process compiles on the 2 shared cores); the times are measured on them, loaded by other jobs:
+the whole file takes 12-14 min.
 
 The runs compared with each other train on unpacked rows (data.packing=False): with packing, each
 host packs its own share of the records into rows, so the global batch of 4 hosts holds other rows
@@ -38,11 +39,11 @@ RESUMED_FROM = 6
 # Runs on 4 processes and on one process, or resumed on another mesh, agree to float tolerance and not
 # bit for bit: gloo's cross-process all-reduce adds the hosts' partial sums in another order than the
 # in-process CPU all-reduce (measured: summing 4 float32 vectors over 4 devices, one process matches
-# ((a+b)+c)+d in every element, 4 gloo processes in 776 of 1000 elements; the same with one record per
-# host, where each device holds the same rows in both runs), and another mesh reduces over other
-# groups of devices. Final parameters and optimizer moments differ by at most ~5e-6 after 12 steps;
-# one step with other data moves parameters by ~1e-3 (the learning rate, under Adam), so ATOL
-# separates the two. Loss averages agree to ~1e-7 relative.
+# ((a+b)+c)+d in every element, 4 gloo processes in 776 of 1000 elements; the fingerprints differ even
+# with one record per host, where each device holds the same rows in both runs), and another mesh
+# reduces over other groups of devices. Measured after 12 steps: the (model, optimizer) states differ by
+# at most 3e-6 and the logged losses by 3e-7 relative, while one step moves a parameter by 5e-4 on
+# average (6e-5 for the slowest tensor), so ATOL tells a float-order difference from other data.
 ATOL = 2e-5
 LOSS_RTOL = 1e-5
 
@@ -151,7 +152,7 @@ def stopped_after(source: str, step: int, workdir: str) -> str:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-  """One process with 4 CPU devices, mesh data=2 x fsdp=2 (~80 s on the 2 shared cores)."""
+  """One process with 4 CPU devices, mesh data=2 x fsdp=2 (~1.5 min)."""
   workdir = str(tmp_path_factory.mktemp("one_process"))
   host = run_one(workdir, devices=4, **RUN, **DATA2_FSDP2)
   assert_finished([host])
@@ -161,7 +162,7 @@ def one_process(tmp_path_factory):
 @pytest.fixture(scope="module")
 def four_processes(tmp_path_factory):
   """4 processes of one CPU device each, mesh data=2 x fsdp=2: each parameter is split over 2 hosts
-  (fsdp) and that pair's copy is replicated on the other 2 (data) (~4 min on the 2 shared cores)."""
+  (fsdp) and that pair's copy is replicated on the other 2 (data) (~4 min)."""
   workdir = str(tmp_path_factory.mktemp("four_processes"))
   hosts = launch(workdir, workdir + ".logs", 4, **RUN, **DATA2_FSDP2)
   assert_finished(hosts)
@@ -197,7 +198,7 @@ def test_four_processes_shard_over_hosts_and_match_one_process(four_processes, o
 def test_resume_on_another_mesh_continues_the_loss_curve(one_process, tmp_path):
   """Stopped at step 6 on 4 devices (data=2 x fsdp=2), resumed on 2 devices with tensor=2: Orbax reads
   each array into the new shardings (embedding dims no longer split, heads and MLP dims split), and
-  the run continues the uninterrupted run's losses and ends at its parameters (~90 s)."""
+  the run continues the uninterrupted run's losses and ends at its parameters (~1 min)."""
   reference, _ = one_process
   workdir = stopped_after(reference, RESUMED_FROM, str(tmp_path / "resumed"))
   mesh_b = dict(mesh__data=1, mesh__fsdp=1, mesh__tensor=2)
@@ -222,7 +223,7 @@ def test_resume_on_another_mesh_continues_the_loss_curve(one_process, tmp_path):
 
 def test_four_processes_resume_on_another_mesh(four_processes, tmp_path):
   """Stopped at step 6 with data=2 x fsdp=2 over 4 hosts, resumed by 4 hosts with fsdp=4: each host now
-  holds a quarter of every sharded parameter, read from shards other hosts saved (~4 min)."""
+  holds a quarter of every sharded parameter, read from shards other hosts saved (3-4 min)."""
   reference, _ = four_processes
   workdir = stopped_after(reference, RESUMED_FROM, str(tmp_path / "resumed"))
   hosts = launch(workdir, str(tmp_path / "logs"), 4, **RUN, mesh__data=1, mesh__fsdp=4, mesh__tensor=1)
@@ -238,7 +239,7 @@ def test_four_processes_resume_on_another_mesh(four_processes, tmp_path):
 def test_resume_with_another_process_count_is_refused(four_processes, tmp_path):
   """The data iterator's state is per host (grain: data/process_K-of-4.json, each host's position in
   its own share of the records), so a 4-process checkpoint cannot be resumed by 1 process, even on the
-  same mesh; the refusal says so in one line instead of grain's missing-file error (~40 s)."""
+  same mesh; the refusal says so in one line instead of grain's missing-file error (~35 s)."""
   reference, _ = four_processes
   workdir = stopped_after(reference, RESUMED_FROM, str(tmp_path / "resumed"))
   refused = run_one(workdir, devices=4, **RUN, **DATA2_FSDP2)
@@ -253,7 +254,7 @@ def test_resume_with_another_process_count_is_refused(four_processes, tmp_path):
 
 
 def test_two_processes_train_to_identical_parameters(tmp_path):
-  """Two hosts with packed rows, parameters replicated (data=2): each host's copy ends the same (~2.5 min)."""
+  """Two hosts with packed rows, parameters replicated (data=2): each host's copy ends the same (~2 min)."""
   workdir = str(tmp_path / "multihost")
   hosts = launch(workdir, str(tmp_path / "logs"), 2, train__steps=8, train__checkpoint_every=4, eval__every=8)
   assert_finished(hosts)
