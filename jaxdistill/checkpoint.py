@@ -10,6 +10,10 @@ from an older step, replays to N and saves `best/N` again, which replaces the on
 `best/` keeps the previous best too: the step the committed train checkpoint names stays
 restorable while a newer one is being written. Half-written step directories of a killed save
 (`*.orbax-checkpoint-tmp*`) are removed when a manager opens the directory.
+
+A checkpoint resumes onto any mesh (Orbax reads each array into the run's own shardings), but
+only with the number of processes that saved it: each host's iterator state is its position in
+its own share of the records (and its packer's pool), which does not split over another count.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from jaxdistill.errors import ConfigError
 
 
 def make_manager(directory: str, *, every: int, keep: int, async_save: bool) -> ocp.CheckpointManager:
@@ -52,6 +58,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   step = manager.latest_step()
   if step is None:
     return None
+  check_process_count(manager, step)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state),
       data=grain.checkpoint.CheckpointRestore(data_iter),
@@ -59,6 +66,19 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any, data_ite
   ))
   logging.info("Resumed from step %d in %s", step, manager.directory)
   return step, restored["state"], dict(restored["meta"])
+
+
+def check_process_count(manager: ocp.CheckpointManager, step: int) -> None:
+  """Refuses to resume step `step` with another number of processes than saved it (grain writes one
+  iterator state per process, `data/process_I-of-N.json`)."""
+  step_dir = ocp.step.find_step_path(manager.directory, ocp.step.standard_name_format(), step=step)
+  saved = {int(path.stem.rsplit("-of-", 1)[1]) for path in (step_dir / "data").glob("process_*-of-*.json")}
+  if saved and saved != {jax.process_count()}:
+    count = ", ".join(map(str, sorted(saved)))
+    raise ConfigError(
+        f"{step_dir}: the checkpoint of step {step} was saved by {count} processes and this run has "
+        f"{jax.process_count()}; the data iterator's state is per process (each host's position in its own share "
+        f"of the training records), so resume it with --num_processes={count} (any mesh), or use a new --workdir")
 
 
 def save_params(directory: str, params: Any, meta: dict) -> None:

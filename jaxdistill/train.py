@@ -205,12 +205,29 @@ def _write_metrics_json(workdir: str, metrics: dict) -> None:
   files.atomic_write_text(os.path.join(workdir, "metrics.json"), json.dumps(metrics, indent=2, sort_keys=True))
 
 
+def _whole(leaf) -> np.ndarray:
+  """The whole value of a (possibly sharded) array on this host. Gathering one sharded across hosts is
+  a collective: every host must call this for the same leaves in the same order."""
+  if leaf.is_fully_addressable or leaf.sharding.is_fully_replicated:
+    return np.asarray(leaf)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return multihost_utils.process_allgather(leaf, tiled=True)
+
+
 def _fingerprint(params) -> str:
-  """A digest of this host's copy of the parameters (equal on all hosts when replicated)."""
+  """A digest of the parameters' whole values: the same on every host and for every mesh layout, so
+  runs on other meshes or host counts compare by it (every host must call it: see _whole)."""
   digest = hashlib.sha256()
   for leaf in jax.tree.leaves(params):
-    digest.update(np.asarray(leaf.addressable_shards[0].data).tobytes())
+    digest.update(_whole(leaf).tobytes())
   return digest.hexdigest()[:16]
+
+
+def _on_host(model: nnx.Module) -> nnx.Module:
+  """`model` with its parameters whole in this host's memory, for writing files from one host when
+  they are sharded across hosts (fsdp over processes); every host must call it (see _whole)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return nnx.merge(graphdef, jax.tree.map(_whole, params), rest)
 
 
 def load_dataset(config: ml_collections.ConfigDict) -> tuple[sources.Dataset, list[methods_lib.Method]]:
@@ -478,8 +495,10 @@ def finalize(job: Job) -> dict:
     logging.warning("%s has no test split: metrics.json reports test_accuracy=null", config.data.source)
   job.writer.flush()
   decode_timing = job.evaluator.measure_decode(best_model, "test") if config.eval.measure_decode and has_test else None
-  if config.train.export_hf and job.is_chief:
-    export_hf(best_model, job.student.kind, job.tokenizer, os.path.join(job.workdir, "hf"))
+  if config.train.export_hf:
+    exported = _on_host(best_model) if jax.process_count() > 1 else best_model
+    if job.is_chief:
+      export_hf(exported, job.student.kind, job.tokenizer, os.path.join(job.workdir, "hf"))
   if rows is not None and job.is_chief:
     files.atomic_write_text(os.path.join(job.workdir, PREDICTIONS),
                             "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
