@@ -23,6 +23,7 @@ import zlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy import sparse
 
 from jaxdistill.study import stats
 
@@ -30,15 +31,19 @@ DIM = 1 << 14  # hashed feature buckets
 _TOKEN = re.compile(r"[a-z0-9']+")
 
 
-def featurize(texts: Sequence[str], dim: int = DIM) -> np.ndarray:
-  """Hashed, L2-normalised unigram + bigram counts [n, dim] (crc32: the same on every run)."""
-  out = np.zeros((len(texts), dim), np.float32)
+def featurize(texts: Sequence[str], dim: int = DIM) -> sparse.csr_matrix:
+  """Hashed, L2-normalised unigram + bigram counts [n, dim] (crc32: the same on every run), sparse:
+  a text fills a few dozen of the buckets, so the simulator's steps cost O(words), not O(dim)."""
+  rows, cols = [], []
   for row, text in enumerate(texts):
     words = _TOKEN.findall(text.lower())
     for gram in words + [f"{a} {b}" for a, b in zip(words, words[1:])]:
-      out[row, zlib.crc32(gram.encode()) % dim] += 1.0
-  norms = np.linalg.norm(out, axis=1, keepdims=True)
-  return out / np.maximum(norms, 1e-8)
+      rows.append(row)
+      cols.append(zlib.crc32(gram.encode()) % dim)
+  counts = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(texts), dim))
+  counts.sum_duplicates()
+  norms = np.sqrt(np.asarray(counts.multiply(counts).sum(axis=1)).ravel())
+  return sparse.diags(1.0 / np.maximum(norms, 1e-8).astype(np.float32)) @ counts
 
 
 class BowSimulator:
@@ -52,6 +57,7 @@ class BowSimulator:
     x = featurize(texts)
     y = np.zeros((len(labels), len(self.classes)), np.float32)
     y[np.arange(len(labels)), [self.classes.index(l) for l in labels]] = 1.0
+    xt = x.T.tocsr()
     self.w = np.zeros((x.shape[1], len(self.classes)), np.float32)
     self.b = np.log(y.mean(0) + 1e-6).astype(np.float32)  # start at the label prior
     for _ in range(self.steps):
@@ -59,7 +65,7 @@ class BowSimulator:
       p = np.exp(logits - logits.max(1, keepdims=True))
       p /= p.sum(1, keepdims=True)
       grad = (p - y) / len(labels)
-      self.w -= self.learning_rate * (x.T @ grad + self.l2 * self.w)
+      self.w -= self.learning_rate * (xt @ grad + self.l2 * self.w)
       self.b -= self.learning_rate * grad.sum(0)
     return self
 
