@@ -98,7 +98,7 @@ def test_remat_and_scan_keep_loss_and_gradients(preset):
   _check_variants(preset, VARIANTS)
 
 
-@pytest.mark.slow  # the rest of the (remat, scan_layers) matrix: about 2 min on 2 shared cores
+@pytest.mark.slow  # the rest of the (remat, scan_layers) matrix: 30-65 s per preset on 2 shared cores
 @pytest.mark.parametrize("preset", PRESETS)
 def test_remat_and_scan_keep_loss_and_gradients_more_variants(preset):
   _check_variants(preset, MORE_VARIANTS)
@@ -237,7 +237,7 @@ def test_scanned_decoder_sharded_equals_single_device():
   _check_sharded(["llama-tiny"])
 
 
-@pytest.mark.slow  # about 1 min on 2 shared cores
+@pytest.mark.slow  # about 70 s on 2 shared cores
 def test_scanned_students_sharded_equal_single_device():
   _check_sharded(["t5-tiny", "bert-tiny", "deberta-tiny"])
 
