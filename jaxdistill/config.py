@@ -15,6 +15,7 @@ from typing import Any
 import ml_collections
 
 from jaxdistill.data import formats, sources
+from jaxdistill.models import stack
 from jaxdistill.errors import ConfigError  # pylint: disable=unused-import  (raised here, re-exported)
 from jaxdistill.objectives import losses, semantic
 from jaxdistill.partitioning import BATCH_AXES
@@ -33,6 +34,8 @@ CHOICES = {
     "objective.semantic.distance": semantic.DISTANCES,
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.heads.pooling": ("first", "mean"),
+    "model.remat": stack.REMAT,
+    "model.scan_layers": (False, True),
     "train.optimizer": ("adamw", "adafactor"),
     "train.decay": ("cosine", "linear", "constant"),
 }
@@ -122,6 +125,14 @@ def defaults() -> ml_collections.ConfigDict:
   model.vocab_size = 1024  # for trained tokenizers
   model.dtype = "float32"  # activation dtype: float32 | bfloat16
   model.dropout_rate = 0.0
+  # Per-layer rematerialisation in the backward pass (models/stack.py): none (keep every activation) |
+  # full (keep each layer's input, recompute the layer) | dots (also keep the matmul outputs without batch
+  # dims: jax.checkpoint_policies.dots_with_no_batch_dims_saveable). Same loss and gradients, less memory.
+  model.remat = "none"
+  # Stack each layer stack's parameters along a leading "layers" axis and run it with jax.lax.scan: compile
+  # time and program size stop growing with depth. Same outputs; the HF export is the same; the Orbax
+  # checkpoints' parameter tree differs (a workdir cannot switch it).
+  model.scan_layers = False
   # Encoder students (bert / deberta): classification head + explanation decoder (models/heads.py).
   model.heads = ml_collections.ConfigDict()
   model.heads.pooling = "first"  # first (the record's first token) | mean
@@ -185,6 +196,7 @@ def defaults() -> ml_collections.ConfigDict:
       ("classes", None),
       ("relpos_buckets", None),
       ("length", None),
+      ("layers", None),  # the stacked-layer axis of scan_layers: every layer on every device
   ]
   return config
 

@@ -12,7 +12,7 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxdistill.models import bert, common, families
+from jaxdistill.models import bert, common, families, stack
 from jaxdistill.models import hf as hf_io
 from tests import hf_utils
 
@@ -51,8 +51,8 @@ def _hf_model(kind: str):
 
 
 
-def _jax_from_hf(hf) -> bert.Bert:
-  config = bert.config_from_hf(hf.config.to_dict(), add_pooler=hf.pooler is not None)
+def _jax_from_hf(hf, **overrides) -> bert.Bert:
+  config = bert.config_from_hf(hf.config.to_dict(), add_pooler=hf.pooler is not None, **overrides)
   # Abstract model: weights are loaded without materialising (and compiling) a random init.
   model = nnx.eval_shape(lambda: bert.build(config, nnx.Rngs(0)))
   hf_io.load_weights(model, hf_utils.torch_state(hf))
@@ -158,6 +158,25 @@ def test_export_loads_in_transformers_and_back(golden, tmp_path):
   assert reloaded.config == model.config  # add_pooler and the position offset survive
   for (a, b) in zip(_forward(reloaded, ids, tt), ours):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_scanned_layers_golden_export_and_import(golden, tmp_path):
+  """scan_layers (with remat) loads the HF weights into stacked layers: the same outputs as transformers,
+  the exact state dict back, and an export identical to the unscanned model's, which an unscanned model
+  imports with the same outputs."""
+  hf, model = golden
+  scanned = _jax_from_hf(hf, scan_layers=True, remat="dots")
+  assert isinstance(scanned.layers, stack.Stacked) and scanned.layers.layer.wi.kernel.shape == (2, 32, 48)
+  ids, tt, mask = _golden_batch(model.config)
+  ref = _hf_outputs(hf, ids, tt, mask)
+  _assert_matches(_forward(scanned, ids, tt), ref, mask)
+  hf_utils.assert_state_dicts_equal(hf_io.state_dict(scanned), hf_utils.torch_state(hf))
+  hf_io.save(scanned, str(tmp_path / "scanned"))
+  hf_io.save(model, str(tmp_path / "plain"))
+  hf_utils.assert_exports_identical(tmp_path / "scanned", tmp_path / "plain")
+  unscanned = families.load(str(tmp_path / "scanned"))
+  assert unscanned.config == model.config and isinstance(unscanned.layers, nnx.List)
+  _assert_matches(_forward(unscanned, ids, tt), ref, mask)
 
 
 def test_task_checkpoint_loads_its_encoder(golden):

@@ -13,7 +13,7 @@ import transformers
 from flax import nnx
 from transformers.models.deberta_v2 import modeling_deberta_v2
 
-from jaxdistill.models import deberta, families
+from jaxdistill.models import deberta, families, stack
 from jaxdistill.models import hf as hf_io
 from tests import hf_utils
 
@@ -52,8 +52,8 @@ def _abstract(config: deberta.DebertaConfig) -> deberta.Deberta:
   return nnx.eval_shape(lambda: deberta.Deberta(config, rngs=nnx.Rngs(0)))
 
 
-def _jax_from_hf(model) -> deberta.Deberta:
-  config = deberta.config_from_hf(model.config.to_dict())
+def _jax_from_hf(model, **overrides) -> deberta.Deberta:
+  config = deberta.config_from_hf(model.config.to_dict(), **overrides)
   jax_model = _abstract(config)
   hf_io.load_weights(jax_model, hf_utils.torch_state(model))
   return jax_model
@@ -213,6 +213,27 @@ def test_export_loads_in_transformers(golden, tmp_path):
   loaded = families.load(str(tmp_path / "export"))
   assert loaded.config == model.config
   np.testing.assert_array_equal(np.asarray(_hidden(loaded, ids, types)), ours)
+
+
+def test_scanned_layers_golden_export_and_import(golden, tmp_path):
+  """scan_layers (with remat) loads the HF weights into stacked layers: the same hidden states as
+  transformers, the exact state dict back, and an export identical to the unscanned model's, which an
+  unscanned model imports with the same outputs."""
+  hf, model = golden
+  scanned = _jax_from_hf(hf, scan_layers=True, remat="full")
+  assert isinstance(scanned.encoder.layers, stack.Stacked)
+  assert scanned.encoder.layers.layer.attention.query.kernel.shape == (2, 32, 4, 8)
+  ids, types = _batch()
+  ref = _hf_hidden(hf, ids, types)
+  valid = ids != 0
+  np.testing.assert_allclose(np.asarray(_hidden(scanned, ids, types))[valid], ref[valid], atol=1e-4, rtol=0)
+  hf_utils.assert_state_dicts_equal(hf_io.state_dict(scanned), hf_utils.torch_state(hf))
+  hf_io.save(scanned, str(tmp_path / "scanned"))
+  hf_io.save(model, str(tmp_path / "plain"))
+  hf_utils.assert_exports_identical(tmp_path / "scanned", tmp_path / "plain")
+  unscanned = families.load(str(tmp_path / "scanned"))
+  assert unscanned.config == model.config and isinstance(unscanned.encoder.layers, nnx.List)
+  np.testing.assert_allclose(np.asarray(_hidden(unscanned, ids, types))[valid], ref[valid], atol=1e-4, rtol=0)
 
 
 # ----------------------------------------------------------------- packing, dtype, dropout

@@ -12,7 +12,7 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxdistill.models import decode, families, llama
+from jaxdistill.models import decode, families, llama, stack
 from jaxdistill.models import hf as hf_io
 from tests import hf_utils
 
@@ -57,8 +57,8 @@ def _hf_model(kind: str):
 
 
 
-def _jax_from_hf(hf) -> llama.Llama:
-  config = llama.config_from_hf(hf.config.to_dict())
+def _jax_from_hf(hf, **overrides) -> llama.Llama:
+  config = llama.config_from_hf(hf.config.to_dict(), **overrides)
   model = nnx.eval_shape(lambda: llama.build(config, nnx.Rngs(0)))  # no random init compiles
   hf_io.load_weights(model, hf_utils.torch_state(hf))
   return model
@@ -205,6 +205,26 @@ def test_export_and_import(golden, tmp_path):
   np.testing.assert_allclose(_logits(ours, batch)[valid], ref[valid], atol=1e-4, rtol=0)
 
 
+def test_scanned_layers_golden_export_and_import(golden, tmp_path):
+  """scan_layers (with remat) loads the HF weights into stacked layers: the same logits as transformers,
+  the exact state dict back, and an export identical to the unscanned model's, which an unscanned model
+  imports with the same logits."""
+  hf, model = golden
+  scanned = _jax_from_hf(hf, scan_layers=True, remat="dots")
+  assert isinstance(scanned.layers, stack.Stacked) and scanned.layers.layer.mlp.up_proj.shape[0] == 2
+  batch = _right_padded(_rows(1, [12, 9, 5]))
+  valid = batch["decoder_segment_ids"].astype(bool)
+  ref = _hf_logits(hf, batch["decoder_input_ids"], batch["decoder_segment_ids"])
+  np.testing.assert_allclose(_logits(scanned, batch)[valid], ref[valid], atol=1e-4, rtol=0)
+  hf_utils.assert_state_dicts_equal(hf_io.state_dict(scanned), hf_utils.torch_state(hf))
+  hf_io.save(scanned, str(tmp_path / "scanned"))
+  hf_io.save(model, str(tmp_path / "plain"))
+  hf_utils.assert_exports_identical(tmp_path / "scanned", tmp_path / "plain")
+  unscanned = families.load(str(tmp_path / "scanned"))
+  assert unscanned.config == model.config and isinstance(unscanned.layers, nnx.List)
+  np.testing.assert_allclose(_logits(unscanned, batch)[valid], ref[valid], atol=1e-4, rtol=0)
+
+
 # ----------------------------------------------------------------- packing
 
 
@@ -295,6 +315,18 @@ def test_cached_decode_matches_uncached(llama_pair, prompts):
   # Several EOS ids (Llama 3 style): the earliest one in each row ends it.
   both = _generate(model, prompts, eos_id=[-5, eos])
   np.testing.assert_array_equal(both, got)
+
+
+def test_scanned_cached_decode_matches_unscanned(llama_pair, prompts):
+  """The stacked KV cache ([layers, B, KV, S, Dh]) decodes the same tokens as the per-layer one."""
+  hf, model = llama_pair
+  scanned = _jax_from_hf(hf, scan_layers=True)
+  cache = scanned.init_cache(jnp.asarray(prompts[1]), 9)
+  assert cache["layers"]["k"].shape == (2, ROWS, 2, 9, 8)
+  free = _generate(model, prompts, eos_id=-1)
+  np.testing.assert_array_equal(_generate(scanned, prompts, eos_id=-1), free)
+  eos = int(free[0, 1])
+  np.testing.assert_array_equal(_generate(scanned, prompts, eos_id=eos), _generate(model, prompts, eos_id=eos))
 
 
 def test_generate_matches_hf(llama_pair, prompts):

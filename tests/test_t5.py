@@ -11,8 +11,9 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxdistill.models import decode, t5
+from jaxdistill.models import decode, families, stack, t5
 from jaxdistill.models import hf as hf_io
+from tests import hf_utils
 
 VOCAB = 97
 # Few buckets and a short max distance so short test sequences hit the log-spaced buckets.
@@ -38,8 +39,8 @@ def _hf_model(feed_forward_proj: str, tied: bool):
   return model
 
 
-def _jax_from_hf(hf) -> t5.T5:
-  config = t5.config_from_hf(hf.config.to_dict())
+def _jax_from_hf(hf, **overrides) -> t5.T5:
+  config = t5.config_from_hf(hf.config.to_dict(), **overrides)
   # Abstract model: weights are loaded without materialising (and compiling) a random init.
   model = nnx.eval_shape(lambda: t5.T5(config, rngs=nnx.Rngs(1)))
   hf_io.load_weights(model, {k: v.detach().numpy() for k, v in hf.state_dict().items()})
@@ -112,18 +113,22 @@ def test_config_from_hf(golden):
   assert cfg.feed_forward_proj == hf.config.feed_forward_proj
 
 
-def test_golden_logits(golden):
-  hf, model = golden
+def _golden_batch_and_reference(hf):
   rng = np.random.default_rng(0)
   batch = _batch(_random_rows(rng, [12, 7, 3]),
                  [np.r_[0, r] for r in _random_rows(rng, [8, 4, 1])])
-  enc, enc_mask = batch["encoder_input_ids"], batch["encoder_segment_ids"]
-  dec, dec_mask = batch["decoder_input_ids"], batch["decoder_segment_ids"]
   with torch.no_grad():
-    ref = hf(input_ids=torch.tensor(enc, dtype=torch.long),
-             attention_mask=torch.tensor(enc_mask),
-             decoder_input_ids=torch.tensor(dec, dtype=torch.long),
-             decoder_attention_mask=torch.tensor(dec_mask)).logits.numpy()
+    ref = hf(input_ids=torch.tensor(batch["encoder_input_ids"], dtype=torch.long),
+             attention_mask=torch.tensor(batch["encoder_segment_ids"]),
+             decoder_input_ids=torch.tensor(batch["decoder_input_ids"], dtype=torch.long),
+             decoder_attention_mask=torch.tensor(batch["decoder_segment_ids"])).logits.numpy()
+  return batch, ref
+
+
+def test_golden_logits(golden):
+  hf, model = golden
+  batch, ref = _golden_batch_and_reference(hf)
+  dec_mask = batch["decoder_segment_ids"]
   logits = np.asarray(_logits(model, batch))
   assert logits.dtype == np.float32 and logits.shape == ref.shape
   assert np.isfinite(logits).all()  # padding rows too
@@ -136,6 +141,26 @@ def test_hf_state_dict_roundtrip(golden):
   exported = hf_io.state_dict(model)
   for name, value in hf.state_dict().items():
     np.testing.assert_array_equal(exported[name], value.numpy(), err_msg=name)
+
+
+def test_scanned_layers_golden_export_and_import(golden, tmp_path):
+  """scan_layers (with remat) loads the HF weights into stacked encoder and decoder layers: the same
+  logits as transformers, the exact state dict back, and an export identical to the unscanned model's,
+  which an unscanned model imports with the same logits."""
+  hf, model = golden
+  scanned = _jax_from_hf(hf, scan_layers=True, remat="full")
+  assert isinstance(scanned.encoder.layers, stack.Stacked) and len(scanned.decoder.layers) == 3
+  batch, ref = _golden_batch_and_reference(hf)
+  valid = batch["decoder_segment_ids"].astype(bool)
+  np.testing.assert_allclose(np.asarray(_logits(scanned, batch))[valid], ref[valid], atol=1e-4, rtol=0)
+  # (test_hf_state_dict_roundtrip: the unscanned model's state dict is HF's, tensor for tensor.)
+  hf_utils.assert_state_dicts_equal(hf_io.state_dict(scanned), hf_io.state_dict(model))
+  hf_io.save(scanned, str(tmp_path / "scanned"))
+  hf_io.save(model, str(tmp_path / "plain"))
+  hf_utils.assert_exports_identical(tmp_path / "scanned", tmp_path / "plain")
+  unscanned = families.load(str(tmp_path / "scanned"))
+  assert unscanned.config == model.config and isinstance(unscanned.decoder.layers, nnx.List)
+  np.testing.assert_allclose(np.asarray(_logits(unscanned, batch))[valid], ref[valid], atol=1e-4, rtol=0)
 
 
 def test_load_rejects_missing_weights(golden):
@@ -193,6 +218,20 @@ def test_cached_decode_matches_uncached(tiny_model):
   np.testing.assert_array_equal(got, _naive_greedy(tiny_model, enc_rows, eos))
   first = (got[0] == eos).argmax()
   assert first <= 3 and (got[0, first + 1:] == 0).all()
+
+
+def test_scanned_cached_decode_matches_unscanned(tiny_model):
+  """The stacked cache (self and cross k / v with a leading layer axis) decodes the same tokens."""
+  scanned = _jax_from_hf(_hf_model("gated-gelu", False), scan_layers=True)
+  enc_rows = _random_rows(np.random.default_rng(1), [12, 4, 1])
+  enc = _batch(enc_rows, [])["encoder_input_ids"]
+  cache = scanned.init_cache(scanned.encode(enc), jnp.asarray(enc != 0, jnp.int32), DEC_LEN)
+  assert cache["layers"]["k"].shape == (3, ROWS, 4, DEC_LEN, 8)
+  assert cache["layers"]["cross_k"].shape == (3, ROWS, 4, ENC_LEN, 8)
+  free = _greedy(tiny_model, enc_rows, -1)
+  np.testing.assert_array_equal(_greedy(scanned, enc_rows, -1), free)
+  eos = int(free[0, 3])
+  np.testing.assert_array_equal(_greedy(scanned, enc_rows, eos), _greedy(tiny_model, enc_rows, eos))
 
 
 def test_decode_matches_hf_generate(golden):

@@ -23,6 +23,8 @@ Parameter layout and logical axes:
     ffn wo                     [intermediate, hidden]     ("mlp", "embed"), bias ("embed",)
     LayerNorm scale / bias     [hidden]                   ("embed",)
     pooler                     [hidden, hidden]           ("embed", None), bias (None,)
+`config.scan_layers` stacks the layers (their parameters get a leading "layers" axis) and runs them
+with jax.lax.scan; `config.remat` rematerialises each layer in the backward pass (models/stack.py).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdistill.models import common, hf
+from jaxdistill.models import common, hf, stack
 
 Array = jax.Array
 DType = Any
@@ -82,10 +84,13 @@ class BertConfig:
   model_type: str = "bert"  # "bert" | "roberta": the HF class written on export
   dtype: DType = jnp.float32  # activations; softmax / norm statistics in float32
   param_dtype: DType = jnp.float32
+  remat: str = "none"  # per-layer rematerialisation: none | full | dots (models/stack.py)
+  scan_layers: bool = False  # the layers stacked and run by jax.lax.scan (models/stack.py)
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
     object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+    stack.check_remat(self.remat)
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                        f"num_attention_heads {self.num_attention_heads}")
@@ -254,7 +259,8 @@ class Bert(nnx.Module):
   def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.embeddings = Embeddings(config, rngs=rngs)
-    self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+    self.layers = stack.build(lambda: Layer(config, rngs=rngs), config.num_hidden_layers,
+                              scan=config.scan_layers)
     if config.add_pooler:
       d = config.hidden_size
       self.pooler = Dense((d, d), ("embed", None), 1, config, rngs=rngs)
@@ -281,8 +287,8 @@ class Bert(nnx.Module):
       token_type_ids = jnp.zeros_like(input_ids)
     mask = common.segment_mask(segment_ids, segment_ids)
     x = self.embeddings(input_ids, positions, token_type_ids, rngs)
-    for layer in self.layers:
-      x = layer(x, mask, rngs)
+    x, _ = stack.run(self.layers, lambda layer, x, _, rngs: (layer(x, mask, rngs), None), x,
+                     remat=cfg.remat, rngs=rngs)
     return x
 
   def pooled(self, hidden: Array) -> Array:

@@ -25,6 +25,8 @@ Parameter layout and logical axes:
     attention o                              [heads, head_dim, hidden] ("heads", "kv", "embed")
     ffn wi / wo                              [hidden, mlp] / [mlp, hidden]
     LayerNorm scale / bias, o / wo biases    [hidden]                ("embed",)
+`config.scan_layers` stacks the layers (their parameters get a leading "layers" axis) and runs them
+with jax.lax.scan; `config.remat` rematerialises each layer in the backward pass (models/stack.py).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdistill.models import common, hf
+from jaxdistill.models import common, hf, stack
 
 Array = jax.Array
 DType = Any
@@ -86,10 +88,13 @@ class DebertaConfig:
   embedding_size: int | None = None  # None: hidden_size
   dtype: DType = jnp.float32  # activations; softmax / norm statistics in float32
   param_dtype: DType = jnp.float32
+  remat: str = "none"  # per-layer rematerialisation: none | full | dots (models/stack.py)
+  scan_layers: bool = False  # the layers stacked and run by jax.lax.scan (models/stack.py)
 
   def __post_init__(self):
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
     object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+    stack.check_remat(self.remat)
     pos = self.pos_att_type
     if isinstance(pos, str):  # HF's legacy "p2c|c2p"
       pos = [p.strip() for p in pos.lower().split("|") if p.strip()]
@@ -371,7 +376,8 @@ class Encoder(nnx.Module):
     self.rel_embeddings = (_kernel(rngs, config, (2 * config.att_span, config.hidden_size),
                                    ("relpos_buckets", "embed")) if rel else None)
     self.rel_norm = _layer_norm(config, rngs) if rel and config.rel_layer_norm else None
-    self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+    self.layers = stack.build(lambda: Layer(config, rngs=rngs), config.num_hidden_layers,
+                              scan=config.scan_layers)
 
 
 # --------------------------------------------------------------------------- model
@@ -408,8 +414,8 @@ class Deberta(nnx.Module):
       rel_emb = enc.rel_embeddings[...].astype(cfg.dtype)
       if enc.rel_norm is not None:
         rel_emb = enc.rel_norm(rel_emb)
-    for layer in enc.layers:
-      x = layer(x, mask, rel_idx, rel_emb, rngs)
+    x, _ = stack.run(enc.layers, lambda layer, x, _, rngs: (layer(x, mask, rel_idx, rel_emb, rngs), None), x,
+                     remat=cfg.remat, rngs=rngs)
     return x
 
 

@@ -11,12 +11,15 @@ and implements the checkpoint contract of models/hf.py:
     get_config(preset, **overrides)  the family's config of a PRESETS shape
     config_from_hf(d, **kw)  HF config dict -> the family's config (kw overrides: dtype, ...)
     hf_config(config)        -> the config.json dict transformers loads (incl. "architectures")
-    hf_mapping(model)        -> [hf.Tensor(hf_name, param, to_ours, to_hf), ...] for every param
+    hf_mapping(model)        -> [hf.Tensor(hf_name, param, to_ours, to_hf), ...] for every param;
+                             written per layer (`for i, layer in enumerate(model.layers)`), which a
+                             scan_layers model's stack (models/stack.py) serves as per-layer slices
     HF_IGNORED               regexes of checkpoint names read and dropped (tied aliases, buffers)
     HF_PREFIXES (optional)   base-model prefixes of task checkpoints ("bert.", "deberta.")
     hf_aliases(d) (optional) adds the tied copies transformers' own state dict has, on export
     build(config, rngs)      -> a new model, whose class (defined in the family module) records
-                             its config as `model.config`
+                             its config as `model.config`; its config has `remat` and `scan_layers`
+                             fields (models/stack.py), which models/students.py sets from config.model
 
 Family modules are imported on first use (importlib): most runs need one family, and family
 modules import models/hf.py, which therefore never imports this registry.

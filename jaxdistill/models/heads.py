@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdistill.models import common
+from jaxdistill.models import common, stack
 
 Array = jax.Array
 
@@ -44,6 +44,8 @@ class HeadsConfig:
   layer_norm_eps: float = 1e-6
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # the explanation decoder's blocks, as the encoder's layers (models/stack.py)
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.pooling not in ("first", "mean"):
@@ -53,6 +55,7 @@ class HeadsConfig:
                        f"width {self.hidden_size}")
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
     object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+    stack.check_remat(self.remat)
 
 
 def segment_mean(hidden: Array, segment_ids: Array) -> Array:
@@ -140,7 +143,8 @@ class ExplanationDecoder(nnx.Module):
     self.config = config
     self.embed = common.param(rngs, common.normal(1.0), (config.vocab_size, d), ("vocab", "embed"), pd)
     self.positions = common.param(rngs, common.normal(0.02), (config.max_target_len, d), ("length", "embed"), pd)
-    self.blocks = nnx.List([_DecoderBlock(config, rngs=rngs) for _ in range(config.decoder_layers)])
+    self.blocks = stack.build(lambda: _DecoderBlock(config, rngs=rngs), config.decoder_layers,
+                              scan=config.scan_layers)
     self.final_norm = common.LayerNorm(d, config.layer_norm_eps, config.dtype, pd, rngs=rngs)
 
   def __call__(self, input_ids: Array, segment_ids: Array, positions: Array, encoded: Array,
@@ -151,8 +155,9 @@ class ExplanationDecoder(nnx.Module):
     x = x + jnp.take(self.positions[...], jnp.minimum(positions, self.config.max_target_len - 1), axis=0).astype(dt)
     self_mask = common.segment_mask(segment_ids, segment_ids, causal=True)
     cross_mask = common.segment_mask(segment_ids, encoder_segment_ids)
-    for block in self.blocks:
-      x = block(x, encoded.astype(dt), self_mask, cross_mask, rngs)
+    encoded = encoded.astype(dt)
+    x, _ = stack.run(self.blocks, lambda block, x, _, rngs: (block(x, encoded, self_mask, cross_mask, rngs), None),
+                     x, remat=self.config.remat, rngs=rngs)
     hidden = self.final_norm(x)
     # d**-0.5 keeps the tied output's logits at unit scale for the unit-variance embedding init.
     logits = jnp.einsum("btd,vd->btv", hidden * (self.config.hidden_size ** -0.5),

@@ -13,6 +13,11 @@ whole on one device.
 The conversion of a model is its family module's (the contract is in models/families.py): the
 module that defines the model's class. This module never imports a family module nor the
 registry of them (models/families.py), since every family imports this one.
+
+A model built with `scan_layers` keeps each layer stack's parameters stacked along a leading axis
+(models/stack.py); its family's mapping still names each layer's tensors, whose parameters are then
+`stack.LayerSlice`s: export reads slice i, import gathers every layer's tensor and places the stacked
+array once. The HF directory is the same either way.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdistill import files
+from jaxdistill.models import stack
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -43,7 +49,7 @@ INDEX = "model.safetensors.index.json"
 class Tensor:
   """One checkpoint tensor: its HF name, the parameter it fills, and the layout changes."""
   name: str
-  param: nnx.Param
+  param: nnx.Param  # or a stack.LayerSlice: one layer of a scanned stack's parameter
   to_ours: Callable[[np.ndarray], np.ndarray] = lambda w: w
   to_hf: Callable[[np.ndarray], np.ndarray] = lambda w: w
 
@@ -162,13 +168,25 @@ def load_weights(model: nnx.Module, weights: str | Mapping[str, Any], *, strict:
     raise ValueError(f"{where}: checkpoint does not match the {family.__name__.rsplit('.', 1)[-1]} model: "
                      f"missing={_head(missing)} unexpected={_head(unexpected)}")
   param_dtype = getattr(model.config, "param_dtype", jnp.float32)
+  # The layers of a scanned stack (stack.LayerSlice rows) are gathered and placed as one stacked
+  # array once all are read (so at most the stacks being filled sit on the host at once).
+  pending: dict[int, tuple[nnx.Variable, dict[int, np.ndarray], str]] = {}
   for row in rows:
     value = row.to_ours(np.asarray(tensors[row.name], np.float32))
-    target = row.param.get_value()
-    if tuple(value.shape) != tuple(target.shape):
+    if tuple(value.shape) != tuple(row.param.shape):
       raise ValueError(f"{where}: {row.name} has shape {tuple(value.shape)} (in our layout) but the "
-                       f"model expects {tuple(target.shape)}; does config.json match the weights?")
-    row.param.set_value(place(value, target, param_dtype))
+                       f"model expects {tuple(row.param.shape)}; does config.json match the weights?")
+    if not isinstance(row.param, stack.LayerSlice):
+      row.param.set_value(place(value, row.param.get_value(), param_dtype))
+      continue
+    variable = row.param.stacked
+    _, slices, _ = pending.setdefault(id(variable), (variable, {}, row.name))
+    slices[row.param.index] = value
+    if len(slices) == variable.shape[0]:
+      del pending[id(variable)]
+      variable.set_value(place(stack.slices_to_stack(variable, slices, where), variable.get_value(), param_dtype))
+  for variable, slices, name in pending.values():
+    stack.slices_to_stack(variable, slices, f"{where}: {name}")  # raises: names the layers not filled
 
 
 class _Renamed(Mapping[str, np.ndarray]):
@@ -220,6 +238,8 @@ def load(path: str, family: types.ModuleType, *, mesh: jax.sharding.Mesh | None 
 @contextlib.contextmanager
 def _mesh_context(mesh, rules):
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in (rules or ()))
+  if stack.LAYERS_AXIS not in dict(rules):  # a scan_layers model's stacked axis: on no mesh axis by default
+    rules += ((stack.LAYERS_AXIS, None),)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), nnx.use_eager_sharding(True):
     yield
 

@@ -37,6 +37,10 @@ Parameter layout and logical axes (heads a separate axis: tensor parallelism sha
 KV cache (decoding): per layer k / v [B, kv_heads, max_len, head_dim] (head-major, written in
 place at the step's index) plus `valid` [B, max_len] (False at left padding of the prompt) and
 `offset` [B] (the row's pad count: rotary position = cache index - offset).
+
+`config.scan_layers` keeps the layers stacked (every layer parameter above gets a leading "layers"
+axis, the cache's k / v too) and runs them with jax.lax.scan; `config.remat` rematerialises each
+layer in the backward pass (models/stack.py). Neither changes the HF layout nor the outputs.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import numpy as np
 from flax import nnx
 from flax.core import FrozenDict
 
-from jaxdistill.models import common, hf
+from jaxdistill.models import common, hf, stack
 
 Array = jax.Array
 DType = Any
@@ -95,6 +99,8 @@ class LlamaConfig:
   model_type: str = "llama"  # what `hf_config` writes: "llama" | "qwen2" | "qwen3" | "mistral"
   dtype: DType = jnp.float32  # activations; softmax / norm statistics / logits in float32
   param_dtype: DType = jnp.float32
+  remat: str = "none"  # per-layer rematerialisation: none | full | dots (models/stack.py)
+  scan_layers: bool = False  # the layers stacked and run by jax.lax.scan (models/stack.py)
 
   def __post_init__(self):
     def put(name, value):
@@ -119,6 +125,7 @@ class LlamaConfig:
       raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
     if self.model_type not in ARCHITECTURES:
       raise ValueError(f"model_type {self.model_type!r} not in {sorted(ARCHITECTURES)}")
+    stack.check_remat(self.remat)
 
   @property
   def kv_groups(self) -> int:
@@ -366,8 +373,8 @@ class Llama(nnx.Module):
     d, vocab, pd = config.hidden_size, config.vocab_size, config.param_dtype
     init = common.normal(config.initializer_range)
     self.embed_tokens = common.param(rngs, init, (vocab, d), ("vocab", "embed"), pd)
-    self.layers = nnx.List([DecoderLayer(config, rngs=rngs)
-                            for _ in range(config.num_hidden_layers)])
+    self.layers = stack.build(lambda: DecoderLayer(config, rngs=rngs), config.num_hidden_layers,
+                              scan=config.scan_layers)
     self.norm = RMSNorm(d, config.rms_norm_eps, "embed", config, rngs=rngs)
     if not config.tie_word_embeddings:
       self.lm_head = common.param(rngs, init, (d, vocab), ("embed", "vocab"), pd)
@@ -383,13 +390,15 @@ class Llama(nnx.Module):
   def _run(self, ids: Array, positions: Array, mask: Array, cache: dict[str, Any] | None = None,
            index: Array | None = None) -> tuple[Array, Array, list | None]:
     x = jnp.take(self.embed_tokens[...], ids, axis=0).astype(self.config.dtype)
-    new_layers = None if cache is None else []
-    for i, layer in enumerate(self.layers):
-      x, layer_cache = layer(x, positions, mask, None if cache is None else cache["layers"][i], index)
-      if cache is not None:
-        new_layers.append(layer_cache)
+
+    def layer_fn(layer, x, layer_cache, rngs):
+      del rngs  # no dropout
+      return layer(x, positions, mask, layer_cache, index)
+
+    x, new_layers = stack.run(self.layers, layer_fn, x, None if cache is None else cache["layers"],
+                              remat=self.config.remat)
     hidden = self.norm(x)
-    return self._logits(hidden), hidden, new_layers
+    return self._logits(hidden), hidden, None if cache is None else new_layers
 
   def forward(self, input_ids: Array, segment_ids: Array | None = None,
               positions: Array | None = None, *,
@@ -422,8 +431,9 @@ class Llama(nnx.Module):
     """Empty cache for a left-padded prompt batch (prompt_mask [B,P], 0 at padding).
 
     Cache slots 0..P-1 hold the prompt (pad slots never attended), slots P.. the generated
-    tokens. Returns {"layers": [{"k","v": [B,KV,max_len,Dh] zeros}], "valid": bool
-    [B,max_len], "offset": int32 [B] (pad count; rotary position = slot - offset)}.
+    tokens. Returns {"layers": [{"k","v": [B,KV,max_len,Dh] zeros}] (scan_layers: one {"k","v":
+    [layers,B,KV,max_len,Dh]}), "valid": bool [B,max_len], "offset": int32 [B] (pad count; rotary
+    position = slot - offset)}.
     """
     cfg = self.config
     batch, length = prompt_mask.shape
@@ -432,7 +442,7 @@ class Llama(nnx.Module):
     zeros = jnp.zeros((batch, cfg.num_key_value_heads, max_len, cfg.head_dim), cfg.dtype)
     valid = jnp.concatenate([prompt_mask != 0, jnp.ones((batch, max_len - length), bool)], axis=1)
     offset = length - jnp.sum(prompt_mask != 0, axis=1).astype(jnp.int32)
-    return {"layers": [{"k": zeros, "v": zeros} for _ in self.layers], "valid": valid,
+    return {"layers": stack.per_layer(self.layers, lambda: {"k": zeros, "v": zeros}), "valid": valid,
             "offset": offset}
 
   def extend(self, token_ids: Array, index: Array | int,

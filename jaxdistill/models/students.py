@@ -63,12 +63,15 @@ def spec(model_config, vocab_size: int, num_classes: int = 0) -> Spec:
   `num_classes` labels (encoder students need a label set)."""
   dtype = jnp.dtype(model_config.dtype)
   dropout = float(model_config.get("dropout_rate", 0.0))
+  # How the layers run (every family's config and the heads have these fields; models/stack.py).
+  layers = {"remat": str(model_config.get("remat", "none")),
+            "scan_layers": bool(model_config.get("scan_layers", False))}
   checkpoint = checkpoint_dir(str(model_config.get("checkpoint", "") or ""))
   if checkpoint:
     hf_config = hf.read_config(checkpoint)
     family = families.family_for(hf_config, f"{checkpoint}/config.json")
     module = families.family_module(family)
-    overrides = {"dtype": dtype, **dict.fromkeys(module.DROPOUT_FIELDS, dropout)}
+    overrides = {"dtype": dtype, **layers, **dict.fromkeys(module.DROPOUT_FIELDS, dropout)}
     config = module.config_from_hf(hf_config, **overrides)
     if module.KIND != "encoder" and config.vocab_size < vocab_size:
       raise ValueError(f"config.model.checkpoint={checkpoint}: the model has {config.vocab_size} token "
@@ -80,7 +83,8 @@ def spec(model_config, vocab_size: int, num_classes: int = 0) -> Spec:
       raise ValueError(f"config.model.preset={model_config.preset!r}: unknown; known: {sorted(presets)}")
     family, family_preset, extra = presets[model_config.preset]
     module = families.family_module(family)
-    overrides = {"vocab_size": vocab_size, "dtype": dtype, **extra, **dict.fromkeys(module.DROPOUT_FIELDS, dropout)}
+    overrides = {"vocab_size": vocab_size, "dtype": dtype, **extra, **layers,
+                 **dict.fromkeys(module.DROPOUT_FIELDS, dropout)}
     config = module.get_config(family_preset, **overrides)
   kind = module.KIND
   heads = None
@@ -93,7 +97,7 @@ def spec(model_config, vocab_size: int, num_classes: int = 0) -> Spec:
         num_classes=num_classes, vocab_size=vocab_size, hidden_size=config.hidden_size,
         pooling=h.pooling, decoder_layers=int(h.decoder_layers), decoder_heads=int(h.decoder_heads),
         decoder_mlp=int(h.decoder_mlp), max_target_len=int(h.max_target_len), dropout_rate=dropout,
-        dtype=dtype)
+        dtype=dtype, **layers)
   return Spec(family, config, kind, heads, checkpoint)
 
 

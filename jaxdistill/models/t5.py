@@ -31,6 +31,9 @@ set through `nnx.with_partitioning`; `nnx.get_partition_spec(nnx.state(model))` 
     RMSNorm scale              [d_model]                  ("embed",)
     relative position bias     [num_buckets, heads]       ("relpos_buckets", "heads")
 Heads are a separate axis so tensor parallelism shards "heads" (and "mlp"), FSDP shards "embed".
+`config.scan_layers` stacks each stack's layers (their parameters get a leading "layers" axis, the
+decoding cache's arrays too) and runs them with jax.lax.scan; `config.remat` rematerialises each layer
+in the backward pass (models/stack.py). Neither changes the HF layout nor the outputs.
 
 Eager sharding: flax shards a Variable at creation when `nnx.using_eager_sharding()` is on,
 which needs a mesh (and logical-axis rules for these names). We only request it when a mesh
@@ -49,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdistill.models import common, hf
+from jaxdistill.models import common, hf, stack
 
 Array = jax.Array
 DType = Any
@@ -78,12 +81,15 @@ class T5Config:
   param_dtype: DType = jnp.float32
   # HF's `feed_forward_proj`: "gated-gelu" (v1.1 / Flan), "relu" (original T5), "gated-silu", ...
   feed_forward_proj: str = "gated-gelu"
+  remat: str = "none"  # per-layer rematerialisation: none | full | dots (models/stack.py)
+  scan_layers: bool = False  # each stack's layers stacked and run by jax.lax.scan (models/stack.py)
 
   def __post_init__(self):
     # Accept strings ("bfloat16") from ml_collections configs / the command line.
     object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
     object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
     _activation(self.feed_forward_proj)  # validate early
+    stack.check_remat(self.remat)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -364,17 +370,18 @@ class Encoder(nnx.Module):
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.relative_bias = RelativePositionBias(config, bidirectional=True, rngs=rngs)
-    self.layers = nnx.List([EncoderLayer(config, rngs=rngs)
-                            for _ in range(config.num_encoder_layers)])
+    self.layers = stack.build(lambda: EncoderLayer(config, rngs=rngs), config.num_encoder_layers,
+                              scan=config.scan_layers)
     self.final_norm = RMSNorm(config, rngs=rngs)
     self.dropout = nnx.Dropout(config.dropout_rate)
+    self.remat = config.remat
 
   def __call__(self, x: Array, segment_ids: Array, positions: Array,
                rngs: nnx.Rngs | None) -> Array:
     mask = common.segment_mask(segment_ids, segment_ids)
     bias = self.relative_bias(positions, positions)
-    for layer in self.layers:
-      x = layer(x, mask, bias, rngs)
+    x, _ = stack.run(self.layers, lambda layer, x, _, rngs: (layer(x, mask, bias, rngs), None), x,
+                     remat=self.remat, rngs=rngs)
     return self.dropout(self.final_norm(x), deterministic=rngs is None, rngs=rngs)
 
 
@@ -382,8 +389,8 @@ class Decoder(nnx.Module):
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.relative_bias = RelativePositionBias(config, bidirectional=False, rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(config, rngs=rngs)
-                            for _ in range(config.num_decoder_layers)])
+    self.layers = stack.build(lambda: DecoderLayer(config, rngs=rngs), config.num_decoder_layers,
+                              scan=config.scan_layers)
     self.final_norm = RMSNorm(config, rngs=rngs)
     self.dropout = nnx.Dropout(config.dropout_rate)
 
@@ -450,8 +457,11 @@ class T5(nnx.Module):
     self_bias = dec.relative_bias(decoder_positions, decoder_positions)
     cross_mask = common.segment_mask(decoder_segment_ids, encoder_segment_ids)
     x = self._embed(decoder_input_ids, rngs)
-    for layer in dec.layers:
-      x = layer(x, encoded, self_mask, self_bias, cross_mask, rngs)
+
+    def layer_fn(layer, x, _, rngs):
+      return layer(x, encoded, self_mask, self_bias, cross_mask, rngs), None
+
+    x, _ = stack.run(dec.layers, layer_fn, x, remat=self.config.remat, rngs=rngs)
     hidden = dec.final_norm(x)
     logits = self._logits(dec.dropout(hidden, deterministic=rngs is None, rngs=rngs))
     return dict(logits=logits, hidden=hidden)
@@ -482,17 +492,20 @@ class T5(nnx.Module):
     """Preallocated decoding state for `decode_step`.
 
     Returns a pytree: {"layers": [per decoder layer {"k","v": [B,H,max_len,Dk] zeros,
-    "cross_k","cross_v": [B,H,Le,Dk] projected once from `encoded`}],
-    "encoder_segment_ids": [B,Le]}. Each row is one example (segment 1); the decoder
-    attends to the encoder tokens whose segment id is nonzero.
+    "cross_k","cross_v": [B,H,Le,Dk] projected once from `encoded`}] (scan_layers: one such dict
+    whose arrays have a leading layer axis), "encoder_segment_ids": [B,Le]}. Each row is one
+    example (segment 1); the decoder attends to the encoder tokens whose segment id is nonzero.
     """
     cfg = self.config
     batch = encoded.shape[0]
     zeros = jnp.zeros((batch, cfg.num_heads, max_len, cfg.d_kv), cfg.dtype)
-    layers = []
-    for layer in self.decoder.layers:
-      ck, cv = layer.cross_attn.keys_values(encoded.astype(cfg.dtype))
-      layers.append(dict(k=zeros, v=zeros, cross_k=ck, cross_v=cv))
+    empty = stack.per_layer(self.decoder.layers, lambda: dict(k=zeros, v=zeros))
+    cross = stack.each(self.decoder.layers,
+                       lambda layer: layer.cross_attn.keys_values(encoded.astype(cfg.dtype)))
+    if isinstance(self.decoder.layers, stack.Stacked):
+      layers = dict(empty, cross_k=cross[0], cross_v=cross[1])
+    else:
+      layers = [dict(e, cross_k=ck, cross_v=cv) for e, (ck, cv) in zip(empty, cross)]
     return dict(layers=layers, encoder_segment_ids=encoder_segment_ids.astype(jnp.int32))
 
   def decode_step(self, token_ids: Array, position: Array,
@@ -503,17 +516,19 @@ class T5(nnx.Module):
     key_pos - position); no dropout.
     """
     dec = self.decoder
-    max_len = cache["layers"][0]["k"].shape[2]
+    layers = cache["layers"]  # a dict of stacked arrays (scan_layers) or one dict per layer
+    max_len = (layers if isinstance(layers, dict) else layers[0])["k"].shape[-2]
     position = jnp.asarray(position, jnp.int32)
     key_pos = jnp.arange(max_len, dtype=jnp.int32)[None]
     self_mask = (key_pos <= position)[:, None, None, :]  # [1,1,1,max_len]
     self_bias = dec.relative_bias(jnp.reshape(position, (1, 1)), key_pos)  # [1,H,1,max_len]
     cross_mask = (cache["encoder_segment_ids"] != 0)[:, None, None, :]  # [B,1,1,Le]
     x = self._embed(token_ids[:, None], None)
-    new_layers = []
-    for layer, layer_cache in zip(dec.layers, cache["layers"]):
-      x, layer_cache = layer.step(x, layer_cache, position, self_mask, self_bias, cross_mask)
-      new_layers.append(layer_cache)
+
+    def layer_fn(layer, x, layer_cache, _):
+      return layer.step(x, layer_cache, position, self_mask, self_bias, cross_mask)
+
+    x, new_layers = stack.run(dec.layers, layer_fn, x, cache["layers"])
     logits = self._logits(dec.final_norm(x))[:, 0]
     return logits, {**cache, "layers": new_layers}
 
