@@ -129,11 +129,11 @@ def make_train_step(student: Student, config, mesh, methods: Sequence[methods_li
     step = optimizer.step.value
     rngs = nnx.Rngs(dropout=jax.random.fold_in(base_key, step)) if config.model.dropout_rate > 0 else None
 
-    def loss_fn(model):
+    def loss_fn(model, rngs):  # rngs is an argument: a captured one would be mutated across trace levels
       outputs = model(batch, rngs=rngs)
       return losses.total_loss(terms, outputs, batch)
 
-    (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, rngs)
     optimizer.update(model, grads)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["learning_rate"] = schedule(step)

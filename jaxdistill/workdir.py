@@ -30,6 +30,7 @@ DATA_DIGEST = "data.content_sha256"
 FREE_KEYS = (
     "name",
     "mesh.",  # a resharding restore continues the same run (numerics agree to float tolerance)
+    "model.remat",  # recomputation changes memory, not the parameters or the math
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpointing",
     "train.export_hf", "train.allow_config_change",
     "eval.batch_size", "eval.measure_decode", "eval.write_predictions", "eval.write_rationales",

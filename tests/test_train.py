@@ -13,9 +13,12 @@ import signal
 import subprocess
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdistill import partitioning, train
 from tests import train_utils as tu
 
 
@@ -155,3 +158,24 @@ def test_trains_on_real_esnli_release(tmp_path):
   assert metrics["data"]["dev_examples"] == 200 and metrics["data"]["test_examples"] == 9824
   assert metrics["dev_rationale_perplexity"] > 1.0
   assert "test_accuracy=" in proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("preset", ["t5-tiny", "bert-tiny"])
+def test_dropout_trains_and_draws_its_masks_from_the_step(preset, tmp_path):
+  """model.dropout_rate > 0 through the real train step: finite losses, a mask that changes from step to
+  step (fold_in(seed, step)) and the same loss again for the same state and step."""
+  config = tu.tiny_config(model__preset=preset, model__dropout_rate=0.3)
+  job = train.setup(config, str(tmp_path / "w"))
+  step_fn = train.make_train_step(job.student, config, job.mesh, job.methods)
+  batch = partitioning.global_batch(next(job.train_iter), job.mesh)
+  copy = jax.tree.map(jnp.copy, job.state)  # the step donates its input state
+  state1, first = step_fn(job.state, batch)
+  _, again = step_fn(copy, batch)
+  _, second = step_fn(state1, batch)
+  assert np.isfinite(float(first["loss"])) and float(first["loss"]) == float(again["loss"])
+  assert float(second["loss"]) != float(first["loss"])
+  no_dropout = tu.tiny_config(model__preset=preset)
+  job0 = train.setup(no_dropout, str(tmp_path / "w0"))
+  _, plain = train.make_train_step(job0.student, no_dropout, job0.mesh, job0.methods)(
+      job0.state, partitioning.global_batch(next(job0.train_iter), job0.mesh))
+  assert float(plain["loss"]) != float(first["loss"])  # the masks are applied
