@@ -116,7 +116,7 @@ STUDENT = "runs/student-on-teacher"
 # %%
 sh(sys.executable, "-m", "jaxdistill.main", f"--config={CONFIGS}/cot.py", f"--workdir={TEACHER}", *flags(DATA),
    *flags({"model.preset": "llama-tiny", "model.vocab_size": 512, "objective.format": "rationale_answer",
-           "objective.rationales": "correct", "train.steps": 160, "train.batch_size": 16, "train.warmup_steps": 10,
+           "objective.rationales": "correct", "train.steps": 160, "train.batch_size": 8, "train.warmup_steps": 10,
            "eval.every": 160}))
 print(sorted(os.listdir(os.path.join(TEACHER, "hf"))))
 
@@ -142,7 +142,7 @@ print(sorted(os.listdir(CACHE)))
 
 # %%
 again = sh(*TEACH)
-assert "0 new rows" in again
+assert "this run: 0 requests, 0 new rows" in again
 
 # %% [markdown]
 # ## 3. The cache
@@ -180,7 +180,7 @@ rationales.sort_values(["example_id", "sample_index"])[
 # %%
 sh(sys.executable, "-m", "jaxdistill.main", f"--config={CONFIGS}/cot.py", f"--workdir={STUDENT}", *flags(DATA),
    *flags({"data.cache_dir": CACHE, "model.preset": "t5-tiny", "model.vocab_size": 512, "train.steps": 120,
-           "train.batch_size": 16, "train.warmup_steps": 10, "eval.every": 60}))
+           "train.batch_size": 8, "train.warmup_steps": 10, "eval.every": 60}))
 with open(os.path.join(STUDENT, "metrics.json")) as f:
   metrics = json.load(f)
 print(json.dumps({k: metrics[k] for k in ("setting", "steps", "best_step", "dev_accuracy", "test_accuracy")}))

@@ -90,7 +90,7 @@ if not ON_TPU:
 #
 # `configs/hybrid.py` with `mesh.data=1, mesh.fsdp=-1`: one fully sharded data-parallel axis over all devices.
 # The global batch must split evenly over the data axes, so it is a multiple of the device count. On a TPU the
-# student is `t5-small` (60M parameters) for 300 steps; on the CPU `t5-tiny` for 30.
+# student is `t5-small` for 300 steps; on the CPU `t5-tiny` for 30.
 
 # %%
 import shutil
