@@ -2,7 +2,7 @@
 
   python -m jaxdistill.main --config=configs/traces.py                # correct traces (offline, bAbI-style)
   python -m jaxdistill.main --config=configs/traces.py:incorrect      # variant: none | correct | incorrect | mixed
-  python scripts/traces_comparison.py --workdir=runs/traces_comparison   # all four + report
+  python -m jaxdistill.study --config=configs/studies/traces.py       # all four x 3 seeds + report
 
 Variants (jaxdistill/traces/experiment.py):
   none       answer only (objective baseline): the no-trace baseline
