@@ -6,7 +6,7 @@ At inference the student stops after the answer; `eval.measure_decode` times tha
 decoding the whole rationale on the same test set (metrics.json "decode").
 Variants: --config.objective.rationale_loss=token|semantic|both,
 --config.objective.format=rationale_answer (rationale first), --config.objective.semantic.distance=mse.
-The comparison of all of them: `python scripts/pst_comparison.py`.
+The comparison of all of them, with seeds: `python -m jaxdistill.study --config=configs/studies/pst.py`.
 """
 
 from configs import base

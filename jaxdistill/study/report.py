@@ -126,6 +126,8 @@ def split_report(study, runs_by_variant: Mapping[str, list[Run]], predictions, s
   rows = {r["id"]: r for r in rows_of[next(iter(rows_of))]}
   subsets = {}
   for family, bucket_of in _nli_subsets([rows[i] for i in first], hard).items():
+    if len(set(bucket_of.values())) < 2:
+      continue  # every example in one bucket: the table would repeat the overall accuracy
     table = {}
     for bucket in sorted(set(bucket_of.values())):
       cols = np.asarray([bucket_of[i] == bucket for i in first])
