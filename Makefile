@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo-hybrid
 PYTEST_ARGS ?=
+# pytest-xdist workers (each takes whole test files); 1 runs the tests in one process
+PYTEST_WORKERS ?= auto
 CONSTRAINTS := constraints.txt
 PIP := $(PY) -m pip install --quiet -c $(CONSTRAINTS)
 LOCK_VENV := /tmp/jaxdistill-lock-venv
@@ -31,11 +33,13 @@ install-test: $(VENV)/.installed-test
 demo: $(VENV)/.installed
 	$(PY) -m jaxdistill.main --config=configs/hybrid.py --workdir=$(WORKDIR)
 
+PYTEST := $(PY) -m pytest -q $(if $(filter 1,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) --durations=15
+
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed-test
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 # The newest versions pyproject.toml allows, installed into a scratch venv and frozen into constraints.txt.
 lock:
