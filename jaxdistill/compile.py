@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tempfile
 import time
 from typing import Any
@@ -53,18 +54,31 @@ GiB = topologies.GiB
 
 
 @dataclasses.dataclass
+class Array:
+  name: str
+  shape: tuple[int, ...]
+  dtype: Any
+  spec: Any  # the PartitionSpec
+  bytes: int
+  device_bytes: int
+
+
+@dataclasses.dataclass
 class Report:
-  """What a compile planned, per device, in bytes; the step's FLOPs per device."""
+  """What a compile planned, per device, in bytes; the step's FLOPs per device. When the TPU compiler
+  itself runs out of HBM, `compiler_oom` is its message and `temp` the temporaries it asked for."""
   slice: topologies.Slice
   argument: int
-  output: int
-  alias: int
   temp: int
-  code: int
-  peak: int  # XLA's own peak of its buffer assignment (0 where jax does not report one)
-  flops: float | None
-  lower_seconds: float
-  compile_seconds: float
+  output: int = 0
+  alias: int = 0
+  code: int = 0
+  peak: int = 0  # XLA's own peak of its buffer assignment (0 where jax does not report one)
+  flops: float | None = None
+  lower_seconds: float = 0.0
+  compile_seconds: float = 0.0
+  compiler_oom: str = ""
+  arrays: dict[str, list[Array]] = dataclasses.field(default_factory=dict)  # "parameters", ... -> arrays
 
   @property
   def total(self) -> int:
@@ -74,7 +88,7 @@ class Report:
 
   @property
   def needed(self) -> int:
-    """The HBM the step needs: the larger of the total and XLA's peak."""
+    """The HBM the step needs: the larger of the total and XLA's peak (after a compiler OOM: at least)."""
     return max(self.total, self.peak)
 
   @property
@@ -83,36 +97,43 @@ class Report:
 
   @property
   def fits(self) -> bool:
-    return self.needed <= self.hbm
+    return not self.compiler_oom and self.needed <= self.hbm
+
+
+# The TPU compiler refuses a program whose temporaries cannot fit, e.g. "RESOURCE_EXHAUSTED: ... the total
+# memory required for HLO temporaries (32.68G) exceeds available HBM (15.75G)" (sizes in GiB).
+_COMPILER_OOM = re.compile(r"HLO temporaries \(([\d.]+)([KMGT]?)\)")
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def compile_lowered(step, tpu_slice: topologies.Slice, *args, **kwargs) -> Report:
   """Lowers and compiles the jitted `step` for `args` (ShapeDtypeStructs), and measures it."""
+  import jax  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   lowered = step.lower(*args, **kwargs)
   lowered_at = time.perf_counter()
-  compiled = lowered.compile()
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    message = str(e).strip().splitlines()[0]
+    found = _COMPILER_OOM.search(message)
+    return Report(tpu_slice, argument=sum(a.device_bytes for a in arrays_of((args, kwargs))),
+                  temp=int(float(found.group(1)) * _UNITS[found.group(2)]) if found else 0,
+                  lower_seconds=lowered_at - start, compile_seconds=time.perf_counter() - lowered_at,
+                  compiler_oom=message)
   compiled_at = time.perf_counter()
   stats = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
     cost = cost[0] if cost else None
   flops = cost.get("flops") if cost else None
-  return Report(tpu_slice, argument=int(stats.argument_size_in_bytes), output=int(stats.output_size_in_bytes),
-                alias=int(stats.alias_size_in_bytes), temp=int(stats.temp_size_in_bytes),
+  return Report(tpu_slice, argument=int(stats.argument_size_in_bytes), temp=int(stats.temp_size_in_bytes),
+                output=int(stats.output_size_in_bytes), alias=int(stats.alias_size_in_bytes),
                 code=int(stats.generated_code_size_in_bytes), peak=int(getattr(stats, "peak_memory_in_bytes", 0)),
                 flops=None if flops is None else float(flops), lower_seconds=lowered_at - start,
                 compile_seconds=compiled_at - lowered_at)
-
-
-@dataclasses.dataclass
-class Array:
-  name: str
-  shape: tuple[int, ...]
-  dtype: Any
-  spec: Any  # the PartitionSpec
-  bytes: int
-  device_bytes: int
 
 
 def _path_name(path) -> str:
@@ -130,9 +151,12 @@ def arrays_of(tree, prefix: str = "") -> list[Array]:
   import jax  # pylint: disable=g-import-not-at-top
   out = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    itemsize = leaf.dtype.itemsize
-    out.append(Array(prefix + _path_name(path), tuple(leaf.shape), leaf.dtype, leaf.sharding.spec,
-                     math.prod(leaf.shape) * itemsize, math.prod(leaf.sharding.shard_shape(leaf.shape)) * itemsize))
+    if not isinstance(leaf, jax.ShapeDtypeStruct):
+      continue  # static arguments
+    itemsize, sharding = leaf.dtype.itemsize, leaf.sharding
+    shard = sharding.shard_shape(leaf.shape) if sharding is not None else leaf.shape  # None: on every device
+    out.append(Array(prefix + _path_name(path), tuple(leaf.shape), leaf.dtype, getattr(sharding, "spec", ()),
+                     math.prod(leaf.shape) * itemsize, math.prod(shard) * itemsize))
   return out
 
 
@@ -155,6 +179,11 @@ def print_arrays(groups: dict[str, list[Array]], top: int) -> None:
 
 
 def print_memory(report: Report) -> None:
+  if report.compiler_oom:
+    print(f"the TPU compiler ran out of HBM after {report.compile_seconds:.1f} s: {report.compiler_oom}")
+    print(f"memory per device: at least {report.needed / GiB:.3f} GiB (arguments {report.argument / GiB:.3f} GiB, "
+          f"temporaries {report.temp / GiB:.3f} GiB)")
+    return
   print("memory per device:")
   for label, value in (("arguments", report.argument), ("temporaries", report.temp), ("outputs", report.output),
                        ("aliased", report.alias), ("generated code", report.code)):
@@ -172,11 +201,15 @@ def print_memory(report: Report) -> None:
 
 def verdict(report: Report) -> str:
   chip = report.slice.chip.generation
+  if report.compiler_oom and not report.needed > report.hbm:  # its message had no sizes
+    return f"does not fit: the TPU compiler ran out of the {report.hbm / GiB:.0f} GiB HBM of a {chip} chip"
   if report.fits:
     return (f"fits: {report.needed / GiB:.2f} GiB of the {report.hbm / GiB:.0f} GiB HBM of a {chip} chip "
             f"({(report.hbm - report.needed) / GiB:.2f} GiB to spare)")
-  return (f"does not fit: needs {report.needed / GiB:.2f} GiB per device, {(report.needed - report.hbm) / GiB:.2f} "
-          f"GiB more than the {report.hbm / GiB:.0f} GiB HBM of a {chip} chip ({report.needed / report.hbm:.2f}x)")
+  at_least = "at least " if report.compiler_oom else ""
+  return (f"does not fit: needs {at_least}{report.needed / GiB:.2f} GiB per device, "
+          f"{(report.needed - report.hbm) / GiB:.2f} GiB more than the {report.hbm / GiB:.0f} GiB HBM of a {chip} chip "
+          f"({report.needed / report.hbm:.2f}x)")
 
 
 # --------------------------------------------------------------------------- the student's train step
@@ -237,11 +270,12 @@ def compile_train_step(config, tpu_slice: topologies.Slice, devices, *, vocab: s
            for k, v in rows.items()}
   print("batch: " + ", ".join(f"{k} {'x'.join(map(str, v.shape))} {v.dtype}" for k, v in sorted(batch.items())))
 
-  params = arrays_of(state[0])  # state = nnx.state((model, optimizer))
-  print(f"parameters: {sum(math.prod(a.shape) for a in params) / 1e6:.2f}M")
-  print_arrays({"parameters": params, "optimizer state": arrays_of(state[1], "optimizer."),
-                "batch": arrays_of(batch)}, top)
+  arrays = {"parameters": arrays_of(state[0]),  # state = nnx.state((model, optimizer))
+            "optimizer state": arrays_of(state[1], "optimizer."), "batch": arrays_of(batch)}
+  print(f"parameters: {sum(math.prod(a.shape) for a in arrays['parameters']) / 1e6:.2f}M")
+  print_arrays(arrays, top)
   report = compile_lowered(train.make_train_step(student, config, mesh, methods), tpu_slice, state, batch)
+  report.arrays = arrays
   print_memory(report)
   return report
 
@@ -284,8 +318,9 @@ def compile_teacher_decode(config, tpu_slice: topologies.Slice, devices, *, prom
   per_row = lambda dtype, *shape: jax.ShapeDtypeStruct((rows,) + shape, dtype, sharding=on_batch)
   print(f"teacher: {t.checkpoint} ({hf_config.get('model_type')}, {model_config.num_hidden_layers} layers, "
         f"hidden {model_config.hidden_size}), {rows} rows x {length} prompt tokens + {new_tokens} new tokens")
-  print(f"parameters: {sum(math.prod(a.shape) for a in arrays_of(state)) / 1e6:.2f}M")
-  print_arrays({"parameters": arrays_of(state)}, top)
+  arrays = {"parameters": arrays_of(state)}
+  print(f"parameters: {sum(math.prod(a.shape) for a in arrays['parameters']) / 1e6:.2f}M")
+  print_arrays(arrays, top)
   report = compile_lowered(
       decode.causal_lm_sample, tpu_slice, graphdef, state, per_row(jnp.int32, length), per_row(jnp.int32, length),
       jax.ShapeDtypeStruct((1,), jnp.int32), jax.ShapeDtypeStruct((), jnp.uint32),
@@ -294,6 +329,7 @@ def compile_teacher_decode(config, tpu_slice: topologies.Slice, devices, *, prom
       max_new_tokens=new_tokens, filter_top_k=int(t.top_k) > 0, filter_top_p=float(t.top_p) < 1,
       top_logprobs=min(int(t.top_logprobs), model_config.vocab_size) if int(t.top_logprobs) > 0 else None,
       pad_id=0)  # the pad id only fills padding: any id compiles alike
+  report.arrays = arrays
   print_memory(report)
   return report
 
@@ -317,11 +353,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not _TOPOLOGY.value:
     raise app.UsageError("--topology is required, e.g. --topology=v5e-16")
-  runtime.prepare_process()
-  import jax  # pylint: disable=g-import-not-at-top
-  if not os.environ.get("JAX_PLATFORMS"):  # the slice's devices are compile-only: the host's own play no part
-    jax.config.update("jax_platforms", "cpu")
   with runtime.refusals_as_exit():
+    topologies.describe(_TOPOLOGY.value)  # a mistyped slice fails at once, before the slow imports
+    runtime.prepare_process()
+    import jax  # pylint: disable=g-import-not-at-top
+    if not os.environ.get("JAX_PLATFORMS"):  # the slice's devices are compile-only: the host's own play no part
+      jax.config.update("jax_platforms", "cpu")
     report = run(_CONFIG.value, _TOPOLOGY.value, vocab=_VOCAB.value, top=_TOP.value, prompt_len=_PROMPT_LEN.value)
   print(verdict(report), flush=True)
   if not report.fits:
