@@ -185,10 +185,12 @@ def print_memory(report: Report) -> None:
           f"temporaries {report.temp / GiB:.3f} GiB)")
     return
   print("memory per device:")
+  shards = sum(a.device_bytes for arrays in report.arrays.values() for a in arrays)
+  notes = {"arguments": f"  (the shards above, {shards / GiB:.3f} GiB, in the TPU's padded layouts)" if shards else "",
+           "aliased": "  (outputs held in donated arguments' buffers: counted once)"}
   for label, value in (("arguments", report.argument), ("temporaries", report.temp), ("outputs", report.output),
                        ("aliased", report.alias), ("generated code", report.code)):
-    note = "  (outputs held in donated arguments' buffers: counted once)" if label == "aliased" else ""
-    print(f"  {label:15} {_gib(value)}{note}")
+    print(f"  {label:15} {_gib(value)}{notes.get(label, '')}")
   print(f"  {'total':15} {_gib(report.total)}")
   print(f"  {'peak (XLA)':15} {_gib(report.peak)}")
   print(f"  {'needed':15} {_gib(report.needed)}  of {report.hbm / GiB:.0f} GiB HBM "
@@ -233,10 +235,9 @@ def student_vocab(vocab: str, config, tokenizer) -> tuple[int, str]:
     return tokenizer.vocab_size, f"the run's tokenizer, {tokenizer.name}"
   if vocab == "preset":
     return preset_vocab(config.model), f"the {config.model.preset} preset's"
-  try:
-    return int(vocab), "--vocab"
-  except ValueError:
-    raise ConfigError(f"--vocab={vocab!r}: expected run, preset or a number") from None
+  if not vocab.isdigit() or int(vocab) < 1:
+    raise ConfigError(f"--vocab={vocab!r}: expected run, preset or a number of tokens")
+  return int(vocab), "--vocab"
 
 
 def compile_train_step(config, tpu_slice: topologies.Slice, devices, *, vocab: str = "run", top: int = 10) -> Report:

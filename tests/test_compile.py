@@ -84,6 +84,19 @@ def test_cli_refuses_an_unknown_topology():
   assert "v5e-16" in out.stderr
 
 
+@pytest.mark.parametrize("vocab", ["big", "0", "-5"])
+def test_bad_vocab_is_refused(vocab):
+  with pytest.raises(ConfigError, match=f"--vocab={vocab!r}: expected run, preset or a number"):
+    compile_lib.student_vocab(vocab, tiny(), tokenizer=None)
+
+
+def test_preset_vocab_is_the_pretrained_tokenizer_size():
+  assert compile_lib.preset_vocab(tiny("llama-3.2-1b").model) == 128256
+  assert compile_lib.preset_vocab(tiny("t5-base").model) == 32128
+  with pytest.raises(ConfigError, match="config.model.checkpoint is set"):
+    compile_lib.preset_vocab(tiny(**{"model.checkpoint": "/some/dir"}).model)
+
+
 def test_without_libtpu_it_names_the_install_command(monkeypatch):
   monkeypatch.setitem(sys.modules, "libtpu", None)  # `import libtpu` raises ImportError
   with pytest.raises(SystemExit, match=r"needs libtpu, which is not installed: pip install -e '\.\[tpu\]'"):
@@ -162,8 +175,10 @@ def test_presets_fit_a_v5e_16_with_fsdp(preset, capsys):
   # norms, stay whole).
   assert sharded_fraction(report.arrays["parameters"]) == pytest.approx(1 / 16, rel=0.02)
   assert sharded_fraction(report.arrays["optimizer state"]) == pytest.approx(1 / 16, rel=0.02)
-  assert report.argument == pytest.approx(sum(a.device_bytes for arrays in report.arrays.values() for a in arrays),
-                                          rel=0.01)
+  # XLA's arguments are those shards (state and batch) in the TPU's padded layouts: measured 1.00x the
+  # shards' bytes for llama-3.2-1b, 1.10x deberta-v3-base, 1.34x t5-base.
+  shards = sum(a.device_bytes for arrays in report.arrays.values() for a in arrays)
+  assert shards <= report.argument < 1.5 * shards
 
 
 @pytest.mark.slow  # one compile of llama-3.2-1b's step: see the README's Measured table
