@@ -8,8 +8,10 @@ describes them (topologies.py), and the batch is one real batch of the run's pip
 and row shape), as shapes, at `train.batch_size` rows. The TPU compiler compiles the step, nothing runs,
 and the tool prints the per-device memory XLA planned (arguments, temporaries, outputs, the donated state
 aliased between them, generated code, XLA's peak) against the chip's HBM, the largest arrays with their
-shardings, and the step's FLOPs. It exits with status 2 when the step does not fit, saying by how much
-(status 1: a refused config or slice name).
+shardings, and the step's FLOPs (XLA's count, in which a loop's body counts once). It exits with status 2
+when the step does not fit, saying by how much (status 1: a refused config or slice name); a step whose
+temporaries the TPU compiler itself cannot place is reported from the compiler's message. The temporaries
+are the compiler's plan for that chip: with more HBM it may keep more buffers alive (v5p vs v5e).
 
 The student's vocabulary is the run's tokenizer's by default (`--vocab=run`: a trained BPE of
 `model.vocab_size` ids unless `model.tokenizer` / `model.checkpoint` names a pretrained one);
@@ -196,8 +198,9 @@ def print_memory(report: Report) -> None:
   print(f"  {'needed':15} {_gib(report.needed)}  of {report.hbm / GiB:.0f} GiB HBM "
         f"({100 * report.needed / report.hbm:.1f}%)")
   if report.flops is not None:
+    # XLA's cost analysis counts a loop's body once (a decode loop's steps, scanned layers).
     print(f"FLOPs per step: {report.flops:.4g} per device, {report.flops * report.slice.chips:.4g} "
-          f"on the {report.slice.chips} chips")
+          f"on the {report.slice.chips} chips (XLA's count: a loop's body counted once)")
   print(f"lowered in {report.lower_seconds:.1f} s, compiled in {report.compile_seconds:.1f} s")
 
 
