@@ -85,12 +85,8 @@ class Student:
     return nnx.state(self.model(state))
 
 
-def build_student(config, vocab_size: int, mesh, num_classes: int = 0, methods: Sequence[methods_lib.Method] = ()
-                  ) -> tuple[Student, Any]:
-  """Creates the student and its optimizer directly into their shardings, loading
-  `config.model.checkpoint` when given; returns (student, state). Each method may wrap the student
-  in training-only modules (Method.wrap_student)."""
-  spec = students.spec(config.model, vocab_size, num_classes)
+def _creator(config, spec: students.Spec, methods: Sequence[methods_lib.Method]):
+  """The function creating the (model, optimizer) pair, wrapped by each method."""
   tx = make_optimizer(config.train)
 
   def create():
@@ -102,14 +98,32 @@ def build_student(config, vocab_size: int, mesh, num_classes: int = 0, methods: 
         model = method.wrap_student(model, spec, rngs)
       return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
-  abstract_model, abstract_opt = nnx.eval_shape(create)
-  graphdef, abstract_state = nnx.split((abstract_model, abstract_opt))
+  return create
+
+
+def abstract_student(config, vocab_size: int, mesh, num_classes: int = 0,
+                     methods: Sequence[methods_lib.Method] = ()) -> tuple[Student, Any]:
+  """The student and its state as shapes only: (student, state of jax.ShapeDtypeStructs carrying
+  their shardings over `mesh`); nothing is materialised (what `jaxdistill.compile` lowers against)."""
+  spec = students.spec(config.model, vocab_size, num_classes)
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(_creator(config, spec, methods)))
   shardings = partitioning.state_shardings(abstract_state, mesh, config.logical_axis_rules)
-  state = jax.jit(lambda: nnx.state(create()), out_shardings=shardings)()
-  student = Student(graphdef, shardings, spec)
-  if spec.checkpoint:  # each tensor goes straight onto its parameter's sharding
-    root, optimizer = nnx.merge(graphdef, state)
-    students.load_checkpoint(spec, common.unwrap(root))
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                abstract_state, shardings)
+  return Student(graphdef, shardings, spec), abstract_state
+
+
+def build_student(config, vocab_size: int, mesh, num_classes: int = 0, methods: Sequence[methods_lib.Method] = ()
+                  ) -> tuple[Student, Any]:
+  """Creates the student and its optimizer directly into their shardings, loading
+  `config.model.checkpoint` when given; returns (student, state). Each method may wrap the student
+  in training-only modules (Method.wrap_student)."""
+  student, _ = abstract_student(config, vocab_size, mesh, num_classes, methods)
+  create = _creator(config, student.spec, methods)
+  state = jax.jit(lambda: nnx.state(create()), out_shardings=student.shardings)()
+  if student.spec.checkpoint:  # each tensor goes straight onto its parameter's sharding
+    root, optimizer = nnx.merge(student.graphdef, state)
+    students.load_checkpoint(student.spec, common.unwrap(root))
     state = nnx.state((root, optimizer))
   return student, state
 
