@@ -143,7 +143,7 @@ def make_train_step(student: Student, config, mesh, methods: Sequence[methods_li
     step = optimizer.step.value
     rngs = nnx.Rngs(dropout=jax.random.fold_in(base_key, step)) if config.model.dropout_rate > 0 else None
 
-    def loss_fn(model, rngs):  # rngs is an argument: a captured one would be mutated across trace levels
+    def loss_fn(model, rngs):  # an argument: nnx.value_and_grad refuses to mutate an Rngs it was not given
       outputs = model(batch, rngs=rngs)
       return losses.total_loss(terms, outputs, batch)
 
