@@ -138,6 +138,14 @@ def split_report(study, runs_by_variant: Mapping[str, list[Run]], predictions, s
   return {"accuracy": accuracy, "vs_reference": paired, "subsets": subsets}
 
 
+def _over_seeds(values: Sequence[Any]) -> dict[str, Any]:
+  """Per-seed values (None or a non-number where a seed leaves one undefined) with the mean and t
+  interval of the numbers among them, and how many there are."""
+  numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+  return {"per_seed": list(values), "defined_seeds": len(numbers),
+          **_interval(stats.t_interval(numbers) if numbers else (None, None, None))}
+
+
 TRACE_RATES = ("answer_accuracy", "trace_accuracy", "p_answer_given_trace_ok", "p_answer_given_trace_wrong", "phi")
 
 
@@ -161,9 +169,7 @@ def traces_report(runs_by_variant: Mapping[str, list[Run]]) -> dict[str, Any]:
     rates = {**{k: [b.get(k) for b in blocks] for k in TRACE_RATES},
              **{f"step {name}": [b["step_accuracy"].get(name) for b in blocks] for name in blocks[0]["step_accuracy"]}}
     for key, values in rates.items():
-      defined = [float(v) for v in values if v is not None]
-      entry[key] = {"per_seed": values, "defined_seeds": len(defined),
-                    **_interval(stats.t_interval(defined) if defined else (None, None, None))}
+      entry[key] = _over_seeds(values)
     entry["contingency"] = {k: sum(int(b["contingency"][k]) for b in blocks) for k in blocks[0]["contingency"]}
     out[variant] = entry
   return out
@@ -187,10 +193,7 @@ def run_metrics_report(study, runs_by_variant: Mapping[str, list[Run]]) -> dict[
   for variant, runs in runs_by_variant.items():
     entry = {}
     for label, path in wanted.items():
-      values = [_json_value(run, path) for run in runs]
-      numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-      entry[label] = {"per_seed": values, "defined_seeds": len(numbers),
-                      **_interval(stats.t_interval(numbers) if numbers else (None, None, None))}
+      entry[label] = _over_seeds([_json_value(run, path) for run in runs])
     out[variant] = entry
   return out if wanted else {}
 
