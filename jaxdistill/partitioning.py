@@ -7,8 +7,9 @@ sharding-related lives here so the train loop only asks for shardings.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -54,9 +55,21 @@ def _fit_to_shape(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
   return P(*fitted)
 
 
+def _rules(rules: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+  return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)  # ConfigDict lists -> tuples
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+  """Inside a traced step: the models' `common.constrain` pins activations over `mesh` by `rules`.
+  (An abstract mesh, which may be entered under jit, unlike `jax.set_mesh`.)"""
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), core_spmd.logical_axis_rules(_rules(rules)):
+    yield
+
+
 def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
   """NamedShardings for an (abstract) nnx.State whose Params carry logical axis names."""
-  with core_spmd.logical_axis_rules(tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)):
+  with core_spmd.logical_axis_rules(_rules(rules)):
     specs = nnx.get_partition_spec(state)
 
   def to_sharding(spec, leaf):

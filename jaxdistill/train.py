@@ -147,7 +147,8 @@ def make_train_step(student: Student, config, mesh, methods: Sequence[methods_li
       outputs = model(batch, rngs=rngs)
       return losses.total_loss(terms, outputs, batch)
 
-    (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, rngs)
+    with partitioning.activation_sharding(mesh, config.logical_axis_rules):
+      (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, rngs)
     optimizer.update(model, grads)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["learning_rate"] = schedule(step)

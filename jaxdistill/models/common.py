@@ -1,19 +1,27 @@
-"""Small pieces every model family shares: annotated parameters, masks, positions.
+"""Small pieces every model family shares: annotated parameters, activation constraints, masks, positions.
 
 Parameters carry logical axis names (`nnx.with_partitioning`); `partitioning.py` maps them to
 mesh axes with the config's rules. Flax shards a Variable at creation when
 `nnx.using_eager_sharding()` is on, which needs a mesh: we only ask for it when one is active
 (`jax.set_mesh`), so building a model without a mesh (tests, CPU demo) just records the names.
+
+Activations are pinned with `constrain` at a few places (the residual stream between layers, the
+logits): without it XLA may follow the fsdp-sharded weights and keep full-batch activations on every
+device. It acts only inside `partitioning.activation_sharding` (the train step), else it is a no-op.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from flax.core import spmd as core_spmd
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 DType = Any
@@ -33,6 +41,30 @@ def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, 
   """An `nnx.Param` initialised by `init` and annotated with logical `axes`."""
   annotated = nnx.with_partitioning(init, axes)
   return nnx.Param(annotated(rngs.params(), shape, dtype), eager_sharding=eager_sharding())
+
+
+def constrain(x: Array, logical_axes: tuple[str | None, ...]) -> Array:
+  """x sharded as its logical axes map under the active rules (a mesh axis that does not divide its
+  dim is dropped); x itself when no mesh and rules are active (see partitioning.activation_sharding)."""
+  mesh, rules = jax.sharding.get_abstract_mesh(), dict(core_spmd.get_logical_axis_rules())
+  if mesh.empty or not rules:
+    return x
+  spec = []
+  for dim, name in zip(x.shape, logical_axes):
+    axes = rules.get(name) if name else None
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    spec.append(axes if names and dim % math.prod(mesh.shape[a] for a in names) == 0 else None)
+  return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
+def constrain_hidden(x: Array) -> Array:
+  """[B, L, D] hidden states: split over the batch axes, whole along length and features."""
+  return constrain(x, ("batch", None, None))
+
+
+def constrain_logits(x: Array) -> Array:
+  """[B, L, V] logits: split over the batch axes and, with tensor parallelism, the vocabulary."""
+  return constrain(x, ("batch", None, "vocab"))
 
 
 def normal(std: float):

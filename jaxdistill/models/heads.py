@@ -162,7 +162,7 @@ class ExplanationDecoder(nnx.Module):
     # d**-0.5 keeps the tied output's logits at unit scale for the unit-variance embedding init.
     logits = jnp.einsum("btd,vd->btv", hidden * (self.config.hidden_size ** -0.5),
                         self.embed[...].astype(dt), preferred_element_type=jnp.float32)
-    return logits, hidden
+    return common.constrain_logits(logits), hidden
 
 
 class EncoderStudent(nnx.Module):

@@ -398,7 +398,7 @@ class Llama(nnx.Module):
     x, new_layers = stack.run(self.layers, layer_fn, x, None if cache is None else cache["layers"],
                               remat=self.config.remat)
     hidden = self.norm(x)
-    return self._logits(hidden), hidden, None if cache is None else new_layers
+    return common.constrain_logits(self._logits(hidden)), hidden, None if cache is None else new_layers
 
   def forward(self, input_ids: Array, segment_ids: Array | None = None,
               positions: Array | None = None, *,

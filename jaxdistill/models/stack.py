@@ -17,6 +17,9 @@ keeps only each layer's input and recomputes the layer, "dots" also keeps the ou
 batch dimensions (the projections; `jax.checkpoint_policies.dots_with_no_batch_dims_saveable`), so the
 backward pass recomputes only the cheap elementwise work and the attention scores.
 
+Between layers the residual stream (a [B, L, D] carry) is pinned to the batch axes
+(`common.constrain_hidden`; a no-op outside a train step's activation sharding).
+
 Dropout in a scanned stack: each layer gets its own key split from one `rngs.dropout()` draw (the masks
 differ from the loop's, which draws from the shared stream layer after layer; both are valid dropout).
 
@@ -125,14 +128,21 @@ def run(layers: nnx.List | Stacked, fn: LayerFn, carry: Any, xs: Any = None, *, 
   leaves of `xs` and of ys have a leading layer axis (`jax.lax.scan`'s xs and ys).
   """
   check_remat(remat)
+  carry = _pin(carry)
   if isinstance(layers, Stacked):
     return _scan(layers, fn, carry, xs, remat, rngs)
   call = fn if remat == "none" else nnx.remat(fn, policy=REMAT_POLICIES[remat])
   ys = []
   for i, layer in enumerate(layers):
     carry, y = call(layer, carry, None if xs is None else xs[i], rngs)
+    carry = _pin(carry)
     ys.append(y)
   return carry, ys
+
+
+def _pin(carry: Any) -> Any:
+  """A [B, L, D] residual stream between layers stays split over the batch axes (common.constrain)."""
+  return common.constrain_hidden(carry) if isinstance(carry, jax.Array) and carry.ndim == 3 else carry
 
 
 def _scan(layers: Stacked, fn: LayerFn, carry: Any, xs: Any, remat: str, rngs: nnx.Rngs | None):
@@ -151,7 +161,8 @@ def _scan(layers: Stacked, fn: LayerFn, carry: Any, xs: Any, remat: str, rngs: n
 
   def body(carry, inputs):
     params, x, key = inputs
-    return one_layer(params, carry, x, key)
+    carry, y = one_layer(params, carry, x, key)
+    return _pin(carry), y
 
   return jax.lax.scan(body, carry, (params, xs, keys))
 

@@ -463,7 +463,7 @@ class T5(nnx.Module):
 
     x, _ = stack.run(dec.layers, layer_fn, x, remat=self.config.remat, rngs=rngs)
     hidden = dec.final_norm(x)
-    logits = self._logits(dec.dropout(hidden, deterministic=rngs is None, rngs=rngs))
+    logits = common.constrain_logits(self._logits(dec.dropout(hidden, deterministic=rngs is None, rngs=rngs)))
     return dict(logits=logits, hidden=hidden)
 
   def __call__(self, batch: Mapping[str, Array], *,
