@@ -198,7 +198,8 @@ class FailedLog:
   def read(self) -> list[dict]:
     if not epath.Path(self.path).exists():
       return []
-    return [json.loads(line) for line in epath.Path(self.path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = epath.Path(self.path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
   def add(self, response: base.Response, teacher_name: str, prompt_id: str) -> None:
     entry = {"example_id": response.request.example_id, "teacher": teacher_name, "prompt_id": prompt_id,

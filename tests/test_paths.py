@@ -130,7 +130,8 @@ def test_rationale_cache_on_an_object_store(gs):
   reopened = RationaleCache.open(path)
   assert reopened.path == path and reopened.verify() == []
   assert sorted((r.example_id, r.sample_index) for r in reopened.read_rationales()) == [("a", 0), ("a", 1), ("b", 0)]
-  assert len(reopened.shard_files()) == 2 and all(f.startswith(path + "/rationales/part-") for f in reopened.shard_files())
+  shards = reopened.shard_files()
+  assert len(shards) == 2 and all(f.startswith(path + "/rationales/part-") for f in shards)
   reopened.compact()
   assert len(reopened.shard_files()) == 1 and RationaleCache.open(path).verify() == []
   built = RationaleCache.create(f"{path}/.built")

@@ -332,13 +332,12 @@ class RationaleCache:
     """Readers comparing manifest and shards: no writer is between a shard and its manifest update
     (or inside compact()) while this is held. Never taken inside `_locked` (flock would deadlock)."""
     with contextlib.ExitStack() as stack:
-      try:
-        if files.is_remote(self.path):
-          raise OSError("no locks on an object store")
-        f = stack.enter_context(open(os.path.join(self.path, LOCK), "rb"))
-        fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # released when f closes
-      except OSError:
-        pass  # no lock file (never written, or read-only storage) or no flock there: check unlocked
+      if not files.is_remote(self.path):  # an object store has no lock: checked unlocked there
+        try:
+          f = stack.enter_context(open(os.path.join(self.path, LOCK), "rb"))
+          fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # released when f closes
+        except OSError:
+          pass  # no lock file (never written, or read-only storage) or no flock there: check unlocked
       yield
 
   def _remove_stale_temps(self) -> None:
