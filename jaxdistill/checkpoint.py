@@ -18,7 +18,6 @@ its own share of the records (and its packer's pool), which does not split over 
 
 from __future__ import annotations
 
-import os
 import signal
 from typing import Any
 
@@ -26,11 +25,13 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
+from jaxdistill import files
 from jaxdistill.errors import ConfigError
 
 
-def make_manager(directory: str, *, every: int, keep: int, async_save: bool) -> ocp.CheckpointManager:
+def make_manager(directory: files.PathLike, *, every: int, keep: int, async_save: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=every,
       max_to_keep=keep,
@@ -38,7 +39,7 @@ def make_manager(directory: str, *, every: int, keep: int, async_save: bool) -> 
       enable_async_checkpointing=async_save,
       cleanup_tmp_directories=True,
   )
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(epath.Path(files.absolute(directory)), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any, meta: dict,
@@ -81,7 +82,7 @@ def check_process_count(manager: ocp.CheckpointManager, step: int) -> None:
         f"of the training records), so resume it with --num_processes={count} (any mesh), or use a new --workdir")
 
 
-def save_params(directory: str, params: Any, meta: dict) -> None:
+def save_params(directory: files.PathLike, params: Any, meta: dict) -> None:
   """Writes a standalone parameter checkpoint at step meta["step"] (the best-on-dev model),
   replacing one of the same step left by a run that was killed before its train checkpoint."""
   manager = make_manager(directory, every=1, keep=2, async_save=False)
@@ -94,9 +95,9 @@ def save_params(directory: str, params: Any, meta: dict) -> None:
   manager.close()
 
 
-def restore_params(directory: str, abstract_params: Any, step: int | None = None):
+def restore_params(directory: files.PathLike, abstract_params: Any, step: int | None = None):
   """Returns (params, meta) of `step` (default: the newest) in `directory`, or None if it is not there."""
-  if not os.path.isdir(directory):
+  if not epath.Path(directory).is_dir():
     return None
   manager = make_manager(directory, every=1, keep=2, async_save=False)
   step = manager.latest_step() if step is None else step

@@ -12,18 +12,18 @@ metrics.json files, never typed in.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping, Sequence
+
+from etils import epath
 
 from jaxdistill import files
 
 
 def run_metrics(workdir: str) -> dict[str, Any]:
-  path = os.path.join(workdir, "metrics.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "metrics.json"
+  if not path.exists():
     raise FileNotFoundError(f"{path}: the run has not finished (no metrics.json)")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def get_path(row: Mapping[str, Any], key: str) -> Any:
@@ -89,14 +89,15 @@ def write_report(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str,
                  name: str, title: str, *, plot: Sequence[tuple[str, str]] = (), notes: str = "") -> str:
   """Writes NAME.md (title, table, notes), NAME.json and, when `plot` names value columns, NAME.png.
   Returns the markdown text."""
-  os.makedirs(out_dir, exist_ok=True)
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
   text = f"# {title}\n\n" + markdown_table(rows, columns)
   if plot:
-    bar_plot(rows, columns[0][0], plot, os.path.join(out_dir, f"{name}.png"), title)
+    bar_plot(rows, columns[0][0], plot, out / f"{name}.png", title)
     text += f"\n![{title}]({name}.png)\n"
   if notes:
     text += "\n" + notes.rstrip() + "\n"
   for filename, content in ((f"{name}.md", text), (f"{name}.json", json.dumps(list(rows), indent=2,
                                                                               default=str))):
-    files.atomic_write_text(os.path.join(out_dir, filename), content)
+    files.atomic_write_text(out / filename, content)
   return text

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 from absl import app, logging
+from etils import epath
 from ml_collections import config_flags
 
 from jaxdistill import config as config_lib
@@ -195,15 +196,18 @@ class FailedLog:
     self.path = os.path.join(cache_path, FAILED)
 
   def read(self) -> list[dict]:
-    if not os.path.exists(self.path):
+    if not epath.Path(self.path).exists():
       return []
-    with open(self.path, encoding="utf-8") as f:
-      return [json.loads(line) for line in f if line.strip()]
+    lines = epath.Path(self.path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
   def add(self, response: base.Response, teacher_name: str, prompt_id: str) -> None:
     entry = {"example_id": response.request.example_id, "teacher": teacher_name, "prompt_id": prompt_id,
              "sample_indices": list(response.request.sample_indices), "error": response.error,
              "retries": response.retries, "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    if files.is_remote(self.path):  # objects cannot be appended to: rewritten whole (failures are few)
+      files.atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in self.read() + [entry]))
+      return
     with open(self.path, "a", encoding="utf-8") as f:  # one short O_APPEND write per entry
       f.write(json.dumps(entry) + "\n")
 
@@ -211,7 +215,7 @@ class FailedLog:
     """Drops the entries whose samples are all in the cache now; returns how many remain."""
     keep = [e for e in self.read() if any((e["example_id"], e["teacher"], e["prompt_id"], k) not in have
                                           for k in e["sample_indices"])]
-    if keep or os.path.exists(self.path):
+    if keep or epath.Path(self.path).exists():
       files.atomic_write_text(self.path, "".join(json.dumps(e) + "\n" for e in keep))
     return len(keep)
 

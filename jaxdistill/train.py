@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
+from etils import epath
 from flax import nnx
 
 from jaxdistill import checkpoint, evaluate, files, kinds, methods as methods_lib, partitioning, workdir as workdir_lib
@@ -350,8 +351,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str, *, training: bool = T
   `training=False` builds only what evaluation needs (the student with fresh parameters, the data,
   the tokenizer, the Evaluator)."""
   config_lib.validate(config)
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = files.absolute(workdir)  # local or remote (gs://...): every file below goes through epath
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   is_chief = jax.process_index() == 0
   mesh = partitioning.make_mesh(config.mesh)
   config_lib.validate_mesh(config, mesh, jax.process_count())

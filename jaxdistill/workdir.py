@@ -15,10 +15,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Any, Mapping
 
 import ml_collections
+from etils import epath
 
 from jaxdistill import files
 from jaxdistill.errors import ConfigError
@@ -99,14 +99,13 @@ def check(workdir: str, current: Mapping[str, Any], *, allow_change: bool, write
           defaults: Mapping[str, Any] | None = None) -> list[str]:
   """Compares `current` with WORKDIR's fingerprint: raises ConfigError when they differ (unless
   `allow_change`, which records the new one); records it in a new workdir. Returns the differences."""
-  path = os.path.join(workdir, FINGERPRINT)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / FINGERPRINT
+  if not path.exists():
     if write:
       files.atomic_write_text(path, json.dumps({"fingerprint": dict(current), "changes": []}, indent=2) + "\n")
     return []
   try:
-    with open(path, encoding="utf-8") as f:
-      recorded = json.load(f)
+    recorded = json.loads(path.read_text(encoding="utf-8"))
     old, changes = recorded["fingerprint"], list(recorded.get("changes", []))
   except (ValueError, KeyError, TypeError) as e:
     raise ConfigError(f"{path}: unreadable workdir fingerprint ({e}); use a new --workdir") from None

@@ -9,7 +9,7 @@ Layout of a cache directory:
                                                   rationale, teacher_answer, teacher_correct bool, raw,
                                                   optional float score columns e.g. `rd`,
                                                   optional `embedding` list<float32>)
-    .lock                         fcntl lock file serialising writers
+    .lock                         fcntl lock file serialising writers (local caches only)
 
 Why this shape:
 - Shards are plain Parquet, so pyarrow, pandas and `datasets.load_dataset("parquet",
@@ -26,7 +26,8 @@ Why this shape:
 - The shard files are the source of truth; the manifest is a summary for humans and
   tools. Readers list the shards (sorted by name; names start with a nanosecond
   timestamp, so this is write order) and dedupe by key keeping the first, which also
-  covers filesystems where flock is a no-op.
+  covers filesystems where flock is a no-op, and object stores (gs://...), which have no lock:
+  there every shard and the manifest are single uploads, and writers never share a shard.
 - The manifest also records every shard and its row count, so data that went missing is
   noticed: `open()` (every reader) refuses a cache whose listed shards are missing or
   changed or whose counts differ from the shards (`verify()` lists these problems;
@@ -43,18 +44,17 @@ import contextlib
 import dataclasses
 import datetime
 import fcntl
-import glob
 import json
 import logging
 import math
 import os
 import re
-import shutil
 import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from etils import epath
 
 from jaxdistill import files
 from jaxdistill.data.examples import DataError, Example, Rationale
@@ -121,7 +121,7 @@ def _is_stale_temp(path: str, now: float) -> bool:
   writer on this host holds while its temp files exist; the name and age rules also spare the
   files of a live writer on another host where flock is a no-op."""
   try:
-    age = now - os.path.getmtime(path)
+    age = now - epath.Path(path).stat().mtime
   except FileNotFoundError:
     return False
   if age > STALE_TEMP_SECONDS:
@@ -145,9 +145,15 @@ def _shard_name() -> str:
   return f"part-{time.time_ns():020d}-{files.writer_tag()}.parquet"
 
 
+def _parquet(path: str) -> str | pa.BufferReader:
+  """What pyarrow reads a shard from: a local path, or the bytes of a remote one read through epath
+  (pyarrow's own filesystems would bypass epath's backends and credentials)."""
+  return pa.BufferReader(epath.Path(path).read_bytes()) if files.is_remote(path) else path
+
+
 def _read_keys(path: str, kind: str) -> set[tuple]:
   cols = list(KEY_COLUMNS[kind])
-  t = pq.read_table(path, columns=cols)
+  t = pq.read_table(_parquet(path), columns=cols)
   return set(zip(*(t.column(c).to_pylist() for c in cols)))
 
 
@@ -233,7 +239,7 @@ class RationaleCache:
   """
 
   def __init__(self, path: str, *, source: Mapping[str, Any] | None = None):
-    self.path = os.path.abspath(os.fspath(path))
+    self.path = files.absolute(path)
     self._initial_source = dict(source or {})
     # Incremental key index: shards already read -> their keys (shards are immutable).
     self._seen_shards: dict[str, set[str]] = {k: set() for k in KINDS}
@@ -277,14 +283,14 @@ class RationaleCache:
 
   @staticmethod
   def exists(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, MANIFEST))
+    return (epath.Path(path) / MANIFEST).is_file()
 
   def has_shards(self) -> bool:
     return any(self.shard_files(kind) for kind in KINDS)
 
   def _ensure_created(self) -> None:
     for kind in KINDS:
-      os.makedirs(os.path.join(self.path, kind), exist_ok=True)
+      (epath.Path(self.path) / kind).mkdir(parents=True, exist_ok=True)
     if not self.exists(self.path):
       with self._locked():
         if not self.exists(self.path):
@@ -306,8 +312,13 @@ class RationaleCache:
 
   @contextlib.contextmanager
   def _locked(self) -> Iterator[None]:
-    """The writers' exclusive lock; taking it also clears what killed writers left."""
-    os.makedirs(self.path, exist_ok=True)
+    """The writers' exclusive lock; taking it also clears what killed writers left. An object store
+    has no lock (see the module docstring): there this only clears."""
+    epath.Path(self.path).mkdir(parents=True, exist_ok=True)
+    if files.is_remote(self.path):
+      self._remove_stale_temps()
+      yield
+      return
     with open(os.path.join(self.path, LOCK), "a+") as f:
       fcntl.flock(f.fileno(), fcntl.LOCK_EX)
       try:
@@ -321,29 +332,32 @@ class RationaleCache:
     """Readers comparing manifest and shards: no writer is between a shard and its manifest update
     (or inside compact()) while this is held. Never taken inside `_locked` (flock would deadlock)."""
     with contextlib.ExitStack() as stack:
-      try:
-        f = stack.enter_context(open(os.path.join(self.path, LOCK), "rb"))
-        fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # released when f closes
-      except OSError:
-        pass  # no lock file (never written, or read-only storage) or no flock there: check unlocked
+      if not files.is_remote(self.path):  # an object store has no lock: checked unlocked there
+        try:
+          f = stack.enter_context(open(os.path.join(self.path, LOCK), "rb"))
+          fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # released when f closes
+        except OSError:
+          pass  # no lock file (never written, or read-only storage) or no flock there: check unlocked
       yield
 
   def _remove_stale_temps(self) -> None:
     now = time.time()
     for pattern in _TEMP_GLOBS:
-      for f in glob.glob(os.path.join(self.path, pattern)):
-        if _is_stale_temp(f, now):
-          logging.warning("%s: removing %s, left by a writer that stopped", self.path, os.path.relpath(f, self.path))
-          with contextlib.suppress(FileNotFoundError):
-            os.remove(f)
+      directory, name = os.path.split(pattern)
+      where = epath.Path(self.path) / directory if directory else epath.Path(self.path)
+      if not where.is_dir():
+        continue
+      for f in where.glob(name):
+        if _is_stale_temp(os.fspath(f), now):
+          logging.warning("%s: removing %s, left by a writer that stopped", self.path, self._relative(f))
+          f.unlink(missing_ok=True)
 
   @property
   def manifest(self) -> dict:
     """The manifest as on disk now (a summary; shards are the source of truth); DataError when
     it is not a JSON object."""
     path = os.path.join(self.path, MANIFEST)
-    with open(path, "rb") as f:
-      data = f.read()
+    data = epath.Path(path).read_bytes()
     try:
       m = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -371,7 +385,12 @@ class RationaleCache:
     """Absolute paths of the shards of `kind`, in write order."""
     if kind not in KINDS:
       raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
-    return sorted(glob.glob(os.path.join(self.path, kind, "part-*.parquet")))
+    directory = epath.Path(self.path) / kind
+    return sorted(os.fspath(p) for p in directory.glob("part-*.parquet")) if directory.is_dir() else []
+
+  def _relative(self, path: str | os.PathLike) -> str:
+    """`path` (inside the cache) relative to the cache directory, as the manifest records shards."""
+    return os.fspath(path)[len(self.path):].lstrip("/")
 
   def data_files(self, kind: str = RATIONALES) -> list[str]:
     """For `datasets.load_dataset("parquet", data_files=cache.data_files())`."""
@@ -427,8 +446,8 @@ class RationaleCache:
     """Updates the manifest summary for one new shard (called under the lock)."""
     m = self.manifest
     listed = {s.get("file") for s in m.get("shards", [])}
-    rel = os.path.relpath(path, self.path)
-    on_disk = {os.path.relpath(f, self.path) for k in KINDS for f in self.shard_files(k)}
+    rel = self._relative(path)
+    on_disk = {self._relative(f) for k in KINDS for f in self.shard_files(k)}
     if on_disk - {rel} != listed:
       # A writer died between its shard and its manifest update, or listed shards were lost (this
       # write may be the re-import adding their rows back): the manifest summarises the shards.
@@ -469,8 +488,8 @@ class RationaleCache:
       table = self.table(kind)
       m["counts"][kind] = table.num_rows
       for f in self.shard_files(kind):
-        m["shards"].append({"kind": kind, "file": os.path.relpath(f, self.path),
-                            "rows": pq.ParquetFile(f).metadata.num_rows, "created": None})
+        m["shards"].append({"kind": kind, "file": self._relative(f),
+                            "rows": pq.ParquetFile(_parquet(f)).metadata.num_rows, "created": None})
       if kind == EXAMPLES and table.num_rows:
         by = m["counts"]["examples_by_task_split"]
         for task, split in zip(table.column("task").to_pylist(), table.column("split").to_pylist()):
@@ -493,7 +512,7 @@ class RationaleCache:
     `created` and the provenance in `source`. An unreadable manifest is kept beside it as
     manifest.json.unreadable-<ns> (its provenance may still be read by eye)."""
     for kind in KINDS:
-      os.makedirs(os.path.join(self.path, kind), exist_ok=True)
+      (epath.Path(self.path) / kind).mkdir(parents=True, exist_ok=True)
     with self._locked():
       m = self._rebuild_manifest(self._old_manifest())
       self._write_manifest(m)
@@ -506,11 +525,10 @@ class RationaleCache:
     except FileNotFoundError:
       return None
     except DataError as e:
-      path = os.path.join(self.path, MANIFEST)
+      path = epath.Path(self.path) / MANIFEST
       kept = f"{path}.unreadable-{time.time_ns()}"
-      with open(path, "rb") as f:
-        files.atomic_write_bytes(kept, f.read())
-      os.remove(path)
+      files.atomic_write_bytes(kept, path.read_bytes())
+      path.unlink()
       logging.warning("%s; moved to %s", e, kept)
       return None
 
@@ -536,13 +554,13 @@ class RationaleCache:
     except DataError as e:
       m, problems = None, [Problem(str(e))]
     listed = {s.get("file"): s for s in (m or {}).get("shards") or [] if isinstance(s, dict)}
-    on_disk = {os.path.relpath(f, self.path): f for kind in KINDS for f in self.shard_files(kind)}
+    on_disk = {self._relative(f): f for kind in KINDS for f in self.shard_files(kind)}
     keys = {kind: set() for kind in KINDS}
     listed_keys = {kind: set() for kind in KINDS}
     for rel, f in sorted(on_disk.items()):
       kind = os.path.dirname(rel)
       try:
-        rows, shard_keys = pq.ParquetFile(f).metadata.num_rows, _read_keys(f, kind)
+        rows, shard_keys = pq.ParquetFile(_parquet(f)).metadata.num_rows, _read_keys(f, kind)
       except (OSError, pa.ArrowException) as e:
         problems.append(Problem(f"{rel}: unreadable Parquet ({e})"))
         continue
@@ -584,16 +602,15 @@ class RationaleCache:
     sees the old cache, no cache (`open` refuses), or the new one, never a mix of the two; a
     replace killed midway leaves no cache, and the next one completes. Returns the cache opened."""
     with self._locked():
-      manifest = os.path.join(self.path, MANIFEST)
-      if os.path.exists(manifest):
-        os.remove(manifest)  # from here on this directory is no cache until the new manifest lands
+      manifest = epath.Path(self.path) / MANIFEST
+      manifest.unlink(missing_ok=True)  # from here on this directory is no cache until the new manifest lands
       for kind in KINDS:
         files.replace_dir(os.path.join(built.path, kind), os.path.join(self.path, kind))
-      with open(os.path.join(built.path, MANIFEST), "rb") as f:
-        files.atomic_write_bytes(manifest, f.read())  # shard paths in it are relative: still true here
+      # Shard paths in it are relative: still true here.
+      files.atomic_write_bytes(manifest, (epath.Path(built.path) / MANIFEST).read_bytes())
       self._seen_shards = {k: set() for k in KINDS}
       self._keys = {k: set() for k in KINDS}
-    shutil.rmtree(built.path, ignore_errors=True)
+    files.remove_tree(built.path)
     return type(self).open(self.path)
 
   # --- reading --------------------------------------------------------------------------
@@ -603,7 +620,7 @@ class RationaleCache:
     for attempt in range(3):
       files = self.shard_files(kind)
       try:
-        tables = [pq.read_table(f) for f in files]
+        tables = [pq.read_table(_parquet(f)) for f in files]
         break
       except FileNotFoundError:  # a concurrent compact() replaced the shards; list again
         if attempt == 2:
@@ -679,7 +696,7 @@ class RationaleCache:
         table = self.table(kind)
         self._write_shard(kind, table)
         for f in old:
-          os.remove(f)
+          epath.Path(f).unlink()
         files.fsync_dir(os.path.join(self.path, kind))
         self._seen_shards[kind] = set()
         self._keys[kind] = set()

@@ -22,6 +22,8 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from etils import epath
+
 from jaxdistill import files
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
@@ -216,25 +218,25 @@ def _train(kind: str, texts: Iterable[str], vocab_size: int):
 
 
 def _load_saved(save_dir: str, kind: str) -> Tokenizer:
+  from tokenizers import Tokenizer as RawTokenizer
   from transformers import PreTrainedTokenizerFast
-  hf = PreTrainedTokenizerFast(tokenizer_file=os.path.join(save_dir, "tokenizer.json"),
-                               pad_token=PAD, eos_token=EOS, unk_token=UNK)
+  raw = RawTokenizer.from_str((epath.Path(save_dir) / "tokenizer.json").read_text(encoding="utf-8"))
+  hf = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token=PAD, eos_token=EOS, unk_token=UNK)
   return HFTokenizer(hf, name=kind)
 
 
 def is_saved(save_dir: str | None) -> bool:
   """Whether `save_dir` holds a tokenizer that `load_tokenizer` trained and saved there."""
-  return bool(save_dir) and os.path.exists(os.path.join(save_dir, "tokenizer.json"))
+  return bool(save_dir) and (epath.Path(save_dir) / "tokenizer.json").exists()
 
 
 def saved_kind(save_dir: str) -> str | None:
   """The kind ("bpe" / "wordpiece") recorded with the tokenizer saved in `save_dir`; None when no
   kind is recorded there."""
-  meta_path = os.path.join(save_dir, _META)
-  if not os.path.exists(meta_path):
+  meta_path = epath.Path(save_dir) / _META
+  if not meta_path.exists():
     return None
-  with open(meta_path) as f:
-    return json.load(f).get("kind")
+  return json.loads(meta_path.read_text()).get("kind")
 
 
 def load_tokenizer(spec: str, texts: Iterable[str] | None = None, save_dir: str | None = None,
@@ -259,13 +261,16 @@ def load_tokenizer(spec: str, texts: Iterable[str] | None = None, save_dir: str 
     hf = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token=PAD, eos_token=EOS, unk_token=UNK)
     if save_dir:
       # Swapped in whole, so tokenizer.json (the "is saved" marker) never sits beside half a save.
-      with files.atomic_dir(save_dir) as tmp:
+      with files.atomic_dir(save_dir) as tmp:  # a local directory, uploaded when save_dir is remote
         hf.save_pretrained(tmp)  # writes tokenizer.json + tokenizer_config.json + special tokens
         with open(os.path.join(tmp, _META), "w") as f:
           json.dump({"kind": spec, "vocab_size": vocab_size}, f)
       return _load_saved(save_dir, spec)
     return HFTokenizer(hf, name=spec)
   from transformers import AutoTokenizer
-  local = os.path.isdir(spec)
-  hf = AutoTokenizer.from_pretrained(spec, local_files_only=local)
+  if files.is_remote(spec):  # transformers reads only local files: the tokenizer's files, not the weights
+    with files.local_copy(spec, skip_suffixes=(".safetensors", ".bin", ".msgpack", ".h5")) as local:
+      hf = AutoTokenizer.from_pretrained(local, local_files_only=True)
+  else:
+    hf = AutoTokenizer.from_pretrained(spec, local_files_only=os.path.isdir(spec))
   return HFTokenizer(hf, name=spec)

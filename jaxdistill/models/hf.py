@@ -35,9 +35,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
-from jaxdistill import files
+from jaxdistill import files as files_lib
 from jaxdistill.models import stack
 
 CONFIG = "config.json"
@@ -67,45 +68,65 @@ def _family(model: nnx.Module) -> types.ModuleType:
 def require_config(path: str) -> str:
   """`path`/config.json; FileNotFoundError naming the directory when there is none (a model
   directory must hold it: it decides the family and shape, and the tokenizer lives beside it)."""
-  if not os.path.isdir(path):
+  if not epath.Path(path).is_dir():
     raise FileNotFoundError(f"{path}: no such directory")
   file = os.path.join(path, CONFIG)
-  if not os.path.isfile(file):
+  if not epath.Path(file).is_file():
     raise FileNotFoundError(f"{file} is missing: {path} is not a Hugging Face model directory")
   return file
 
 
 def read_config(path: str) -> dict[str, Any]:
   file = require_config(path)
-  with open(file) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{file}: invalid JSON ({e})") from e
+  try:
+    return json.loads(epath.Path(file).read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{file}: invalid JSON ({e})") from e
 
 
 # --------------------------------------------------------------------------- reading tensors
 
 
+class _RemoteSafetensors:
+  """A remote safetensors file read whole through epath on first use (safetensors' lazy `safe_open`
+  reads only local files), with `safe_open`'s `keys` / `get_tensor`."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._tensors: dict[str, np.ndarray] | None = None
+
+  def _load(self) -> dict[str, np.ndarray]:
+    if self._tensors is None:
+      from safetensors.numpy import load
+      self._tensors = load(epath.Path(self.path).read_bytes())
+    return self._tensors
+
+  def keys(self) -> list[str]:
+    return list(self._load())
+
+  def get_tensor(self, name: str) -> np.ndarray:
+    return self._load()[name]
+
+
 class CheckpointTensors(Mapping[str, np.ndarray]):
-  """Lazy name -> numpy view of a directory's safetensors files (single or sharded)."""
+  """Lazy name -> numpy view of a directory's safetensors files (single or sharded), local or remote."""
 
   def __init__(self, path: str):
     from safetensors import safe_open
     self.path = path
-    index = os.path.join(path, INDEX)
-    if os.path.isfile(index):
-      with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
+    directory = epath.Path(path)
+    if (directory / INDEX).is_file():
+      weight_map = json.loads((directory / INDEX).read_text())["weight_map"]
       files = sorted(set(weight_map.values()))
-    elif os.path.isfile(os.path.join(path, WEIGHTS)):
+    elif (directory / WEIGHTS).is_file():
       files = [WEIGHTS]
       weight_map = None
     else:
-      bins = [f for f in os.listdir(path) if f.endswith(".bin")]
+      bins = [f for f in directory.iterdir() if f.name.endswith(".bin")] if directory.is_dir() else []
       hint = " (PyTorch .bin found: convert it with transformers' save_pretrained(safe_serialization=True))" if bins else ""
       raise FileNotFoundError(f"{path}: no {WEIGHTS} or {INDEX}{hint}")
-    self._handles = {f: safe_open(os.path.join(path, f), framework="np") for f in files}
+    open_file = _RemoteSafetensors if files_lib.is_remote(path) else lambda f: safe_open(f, framework="np")
+    self._handles = {f: open_file(os.path.join(path, f)) for f in files}
     if weight_map is None:
       weight_map = dict.fromkeys(self._handles[WEIGHTS].keys(), WEIGHTS)
     self._where = weight_map
@@ -276,7 +297,7 @@ def save(model: nnx.Module, path: str, *, tokenizer=None) -> None:
       tensors[name] = value.copy()
     seen[id(value)] = name
   # A killed export's leftovers (PATH.tmp, PATH.old) are cleared by the next one.
-  with files.atomic_dir(path) as tmp:
+  with files_lib.atomic_dir(path) as tmp:  # a local directory, uploaded when `path` is remote
     save_file(tensors, os.path.join(tmp, WEIGHTS), metadata={"format": "pt"})
     with open(os.path.join(tmp, CONFIG), "w") as f:
       json.dump(family.hf_config(model.config), f, indent=2, sort_keys=True)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 from typing import Any
 
 import jax.numpy as jnp
+from etils import epath
 from flax import nnx
 
 from jaxdistill.models import families, hf
@@ -45,7 +45,7 @@ def checkpoint_dir(name: str) -> str:
   one (PACKAGED). Checked here, so the model and the tokenizer resolved from it fail alike."""
   if not name:
     return name
-  if os.path.isdir(name):
+  if epath.Path(name).is_dir():  # local or remote (gs://...)
     try:
       hf.require_config(name)
     except FileNotFoundError as e:

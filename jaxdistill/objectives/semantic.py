@@ -18,13 +18,14 @@ K = the row's target length (a row cannot hold more records than target tokens).
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from jaxdistill import files
@@ -138,8 +139,8 @@ def build_targets(texts: Sequence[str], encoder: str, *, known: Mapping[str, np.
   it is only reused when it was written for the same encoder.
   """
   vectors: dict[str, np.ndarray] = dict(known or {})
-  if save_path and os.path.exists(save_path):
-    saved = np.load(save_path, allow_pickle=False)
+  if save_path and epath.Path(save_path).exists():
+    saved = np.load(io.BytesIO(epath.Path(save_path).read_bytes()), allow_pickle=False)
     if str(saved["encoder"]) == encoder:
       vectors.update(zip(saved["texts"].tolist(), saved["table"]))
   missing = [t for t in texts if t not in vectors]

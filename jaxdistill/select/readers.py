@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 import jax
 import ml_collections
 from absl import logging
+from etils import epath
 
 from jaxdistill import files
 from jaxdistill.data import sources
@@ -48,7 +49,7 @@ def reader_rows(examples: Sequence[Example], cands: Mapping[str, Sequence[Ration
 
 
 def _write_jsonl(path: str, rows: Sequence[Mapping]) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
   files.atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
@@ -89,12 +90,11 @@ def train_reader(config, dataset: sources.Dataset, cands: Candidates, fold: int,
   c = reader_config(config, os.path.join(workdir, "data"), dataset.task)
   stamp = fingerprint(train_rows, dev_rows, c.model.to_dict(), c.train.to_dict(), c.data.max_source_len)
   stamp_path = os.path.join(workdir, "fingerprint.txt")
-  if os.path.exists(stamp_path):
-    with open(stamp_path) as f:
-      if f.read().strip() != stamp:
-        raise ValueError(f"{workdir} holds a reader trained on another pool or config; delete it or use "
-                         "another config.select.out_dir")
-  if os.path.exists(os.path.join(workdir, "metrics.json")):
+  if epath.Path(stamp_path).exists():
+    if epath.Path(stamp_path).read_text().strip() != stamp:
+      raise ValueError(f"{workdir} holds a reader trained on another pool or config; delete it or use "
+                       "another config.select.out_dir")
+  if (epath.Path(workdir) / "metrics.json").exists():
     logging.info("reader %d: reusing the finished run in %s", fold, workdir)
     return workdir, stamp
   if jax.process_index() == 0:

@@ -9,7 +9,6 @@ the two label records, `record_nll` scores records with a `Scorer` (a generating
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import json
 import math
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import nnx
 
 from jaxdistill import evaluate, files, kinds, partitioning
@@ -101,9 +101,11 @@ class ScoreStore:
   def __init__(self, directory: str):
     self.directory = directory
     self.nll: dict[str, float] = {}
+    import pyarrow as pa  # pylint: disable=g-import-not-at-top
     import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-    for path in sorted(glob.glob(os.path.join(directory, "part-*.parquet"))):
-      t = pq.read_table(path)
+    shards = epath.Path(directory).glob("part-*.parquet") if epath.Path(directory).is_dir() else []
+    for path in sorted(shards, key=os.fspath):
+      t = pq.read_table(pa.BufferReader(path.read_bytes()))  # through epath: local or remote
       self.nll.update(zip(t.column("key").to_pylist(), t.column("nll").to_pylist()))
 
   def add(self, nll: Mapping[str, float]) -> None:
@@ -112,7 +114,7 @@ class ScoreStore:
     self.nll.update(nll)
     if jax.process_index() != 0 or not nll:
       return
-    os.makedirs(self.directory, exist_ok=True)
+    epath.Path(self.directory).mkdir(parents=True, exist_ok=True)
     name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
     with files.atomic_open(os.path.join(self.directory, name)) as f:  # a hidden temp name until whole
       pq.write_table(pa.table({"key": list(nll), "nll": [float(v) for v in nll.values()]}), f)
@@ -160,7 +162,7 @@ def scorer_tokenizer(workdir: str, spec: str = "auto") -> tokenizer_lib.Tokenize
   if spec != "auto":
     return tokenizer_lib.load_tokenizer(spec)
   hf_dir, trained = os.path.join(workdir, "hf"), os.path.join(workdir, "tokenizer")
-  if os.path.exists(os.path.join(hf_dir, "tokenizer.json")):
+  if (epath.Path(hf_dir) / "tokenizer.json").exists():
     return tokenizer_lib.load_tokenizer(hf_dir)
   if tokenizer_lib.is_saved(trained):
     return tokenizer_lib.load_tokenizer(tokenizer_lib.saved_kind(trained) or "bpe", save_dir=trained)
@@ -172,7 +174,7 @@ def load_scorer(workdir: str, mesh, rules, *, tokenizer: str = "auto", batch_siz
                 max_source_len: int = 256, max_target_len: int = 32) -> Scorer:
   """The best model a jaxdistill run exported to WORKDIR/hf, sharded over `mesh`."""
   hf_dir = os.path.join(workdir, "hf")
-  if not os.path.exists(os.path.join(hf_dir, hf.CONFIG)):
+  if not (epath.Path(hf_dir) / hf.CONFIG).exists():
     raise FileNotFoundError(f"config.select.scorer.workdir={workdir}: no {hf_dir}/{hf.CONFIG} (finished runs "
                             "export their best model there unless config.train.export_hf=False)")
   hf_config = hf.read_config(hf_dir)

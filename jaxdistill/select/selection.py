@@ -8,18 +8,17 @@ selected cache through the rationale cache library and swaps it in at select.out
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
-import shutil
 import uuid
 from typing import Any, Mapping, Sequence
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from jaxdistill import partitioning
+from jaxdistill import files, partitioning
 from jaxdistill.data import sources
 from jaxdistill.data.examples import Rationale
 from jaxdistill.data.rationale_cache import RationaleCache
@@ -52,8 +51,13 @@ def check_config(sel: ml_collections.ConfigDict) -> None:
   for field in ("steps", "batch_size", "score_batch_size", "max_source_len", "chunk"):
     if int(scorer[field]) < 1:
       raise bad(f"scorer.{field}", scorer[field], "must be >= 1")
-  if sel.input_cache and os.path.abspath(sel.input_cache) == os.path.abspath(sel.out_dir):
+  if sel.input_cache and files.absolute(sel.input_cache) == files.absolute(sel.out_dir):
     raise bad("input_cache", sel.input_cache, "is the output directory; the pool must come from elsewhere")
+
+
+def _mtime(path: str) -> float:
+  """A file's modification time (a local one's as float seconds, as score store stamps were made with)."""
+  return os.path.getmtime(path) if not files.is_remote(path) else epath.Path(path).stat().mtime
 
 
 def score_candidates(config, dataset: sources.Dataset, cands: Candidates, out_dir: str
@@ -65,11 +69,11 @@ def score_candidates(config, dataset: sources.Dataset, cands: Candidates, out_di
   shape = dict(batch_size=int(scorer_cfg.score_batch_size), max_source_len=int(scorer_cfg.max_source_len),
                max_target_len=int(config.data.max_target_len))
   if scorer_cfg.workdir:
-    workdir = os.path.abspath(scorer_cfg.workdir)
+    workdir = files.absolute(scorer_cfg.workdir)
     scorer = scoring.load_scorer(workdir, mesh, config.logical_axis_rules, tokenizer=scorer_cfg.tokenizer, **shape)
-    weights = glob.glob(os.path.join(workdir, "hf", "*.safetensors"))  # a retrained run gets a new store
-    stamp = scoring.fingerprint(workdir, scorer_cfg.tokenizer, shape,
-                                sorted((w, os.path.getmtime(w)) for w in weights))
+    # A retrained run gets a new store.
+    weights = [os.fspath(w) for w in (epath.Path(workdir) / "hf").glob("*.safetensors")]
+    stamp = scoring.fingerprint(workdir, scorer_cfg.tokenizer, shape, sorted((w, _mtime(w)) for w in weights))
     store = scoring.ScoreStore(os.path.join(out_dir, "scores", f"run-{stamp}"))
     scores = scoring.rationale_difficulty(scorer, examples, cands, store=store, chunk=int(scorer_cfg.chunk))
     return scores, {"kind": "run", "workdir": workdir}
@@ -84,8 +88,8 @@ def score_candidates(config, dataset: sources.Dataset, cands: Candidates, out_di
     store = scoring.ScoreStore(os.path.join(out_dir, "scores", f"fold-{fold}-{stamp}"))
     part = {i: rs for i, rs in cands.items() if folds[i] == fold}
     scores.update(scoring.rationale_difficulty(scorer, examples, part, store=store, chunk=int(scorer_cfg.chunk)))
-    with open(os.path.join(workdir, "metrics.json")) as f:
-      info["readers"].append({"workdir": workdir, "dev_accuracy": json.load(f).get("dev_accuracy")})
+    metrics = json.loads((epath.Path(workdir) / "metrics.json").read_text())
+    info["readers"].append({"workdir": workdir, "dev_accuracy": metrics.get("dev_accuracy")})
   return scores, info
 
 
@@ -104,8 +108,8 @@ def write_cache(out_dir: str, dataset: sources.Dataset, kept: Candidates,
   as they were. Built beside it and swapped in (`RationaleCache.replace_with`: the manifest last),
   so the directory never holds a mix of two selections; scorer runs and score stores in out_dir
   are left alone."""
-  for stale in glob.glob(os.path.join(out_dir, ".selection-*")):  # left by a killed write (one writer: chief)
-    shutil.rmtree(stale, ignore_errors=True)
+  for stale in epath.Path(out_dir).glob(".selection-*"):  # left by a killed write (one writer: chief)
+    files.remove_tree(stale)
   cache = RationaleCache.create(os.path.join(out_dir, f".selection-{os.getpid()}-{uuid.uuid4().hex[:6]}"),
                                 source=source)
   cache.write_examples([ex for split in ("train", "dev", "test") for ex in dataset.splits.get(split, [])])
@@ -139,8 +143,8 @@ def run(config: ml_collections.ConfigDict, scores: Mapping[Key, Mapping[str, flo
   skips scoring, e.g. when the comparison re-selects with another strategy."""
   sel = config.select
   check_config(sel)
-  out_dir = os.path.abspath(sel.out_dir)
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = files.absolute(sel.out_dir)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   dataset = load_pool(config)
   cands = stages.candidates(dataset, bool(sel.include_human))
   accurate = stages.accuracy_filter(cands) if sel.accuracy else {i: list(rs) for i, rs in cands.items()}

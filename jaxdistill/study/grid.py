@@ -25,6 +25,7 @@ import os
 from typing import Any, Iterable
 
 import ml_collections
+from etils import epath
 
 from jaxdistill import train
 
@@ -40,7 +41,7 @@ class Run:
 
   @property
   def finished(self) -> bool:
-    return all(os.path.exists(os.path.join(self.workdir, f)) for f in ("metrics.json", train.PREDICTIONS))
+    return all((epath.Path(self.workdir) / f).exists() for f in ("metrics.json", train.PREDICTIONS))
 
 
 def apply(config: ml_collections.ConfigDict, overrides: Any, where: str) -> None:

@@ -27,6 +27,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
 from jaxdistill import files, train
 from jaxdistill.study import simulators, stats
@@ -40,7 +41,7 @@ def read_predictions(run: Run) -> dict[str, list[dict]]:
   """split -> the run's prediction rows."""
   path = os.path.join(run.workdir, train.PREDICTIONS)
   out: dict[str, list[dict]] = {}
-  with open(path, encoding="utf-8") as f:
+  with epath.Path(path).open("r", encoding="utf-8") as f:
     for line_no, line in enumerate(f, 1):
       try:
         row = json.loads(line)
@@ -159,8 +160,7 @@ def traces_report(runs_by_variant: Mapping[str, list[Run]]) -> dict[str, Any]:
   for variant, runs in runs_by_variant.items():
     blocks = []
     for run in runs:
-      with open(os.path.join(run.workdir, "metrics.json"), encoding="utf-8") as f:
-        block = json.load(f).get("traces")
+      block = json.loads((epath.Path(run.workdir) / "metrics.json").read_text(encoding="utf-8")).get("traces")
       if block:
         blocks.append(block)
     if not blocks:
@@ -178,8 +178,7 @@ def traces_report(runs_by_variant: Mapping[str, list[Run]]) -> dict[str, Any]:
 def _json_value(run: Run, path: str) -> Any:
   """`path` is a dotted key into the run's metrics.json, or FILE:dotted.key into a JSON file of its workdir."""
   file, _, key = path.rpartition(":")
-  with open(os.path.join(run.workdir, file or "metrics.json"), encoding="utf-8") as f:
-    value = json.load(f)
+  value = json.loads((epath.Path(run.workdir) / (file or "metrics.json")).read_text(encoding="utf-8"))
   for part in key.split("."):
     value = value.get(part) if isinstance(value, dict) else None
   return value

@@ -52,9 +52,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
-from jaxdistill import evaluate, partitioning
+from jaxdistill import evaluate, files, partitioning
 from jaxdistill.data import tokenizer as tokenizer_lib
 from jaxdistill.models import decode, llama
 from jaxdistill.models import hf as hf_io
@@ -164,14 +165,13 @@ def _eos_ids(checkpoint: str, tokenizer, config) -> tuple[int, ...]:
 
 
 def _generation_eos(checkpoint: str) -> Any:
-  path = os.path.join(checkpoint, "generation_config.json")
-  if not os.path.isfile(path):
+  path = epath.Path(checkpoint) / "generation_config.json"
+  if not path.is_file():
     return None
-  with open(path) as f:
-    try:
-      return json.load(f).get("eos_token_id")
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: invalid JSON ({e})") from e
+  try:
+    return json.loads(path.read_text()).get("eos_token_id")
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: invalid JSON ({e})") from e
 
 
 def default_rules():
@@ -184,7 +184,7 @@ def default_rules():
 
 def checkpoint_name(checkpoint: str) -> str:
   """The directory's name, or its run's for a run's export (RUN/hf): the teacher's default name."""
-  path = os.path.normpath(os.path.abspath(checkpoint))
+  path = os.path.normpath(files.absolute(checkpoint))
   name = os.path.basename(path)
   return os.path.basename(os.path.dirname(path)) if name == "hf" else name
 

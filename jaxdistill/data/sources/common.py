@@ -14,6 +14,8 @@ import logging
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
+from etils import epath
+
 from jaxdistill.data.examples import LABEL_SETS, DataError, Example, Rationale
 
 ON_ERROR = ("raise", "skip")
@@ -86,7 +88,7 @@ def check_utf8_file(path: str, chunk_size: int = 1 << 24) -> None:
   handed to a library (HF `datasets`), whose own error names neither file nor line."""
   decoder = codecs.getincrementaldecoder("utf-8")()
   newlines = 0
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     while True:
       chunk = f.read(chunk_size)
       try:

@@ -23,11 +23,12 @@ Rows without an answer or without facts are skipped and counted (skipped["no_ans
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 import re
 from typing import Any, Mapping, Sequence
+
+from etils import epath
 
 from jaxdistill.data.examples import DataError, Example
 from jaxdistill.data.sources.common import (Dataset, ErrorPolicy, bad_record, cfg_get, check_utf8_file, merge_skipped,
@@ -103,9 +104,10 @@ def example_from_row(row: Mapping[str, Any], scenario: str, split: str, index: i
 
 def _scenario_files(path: str) -> tuple[str, dict[str, list[str]]]:
   by_builder: dict[str, dict[str, list[str]]] = {}
-  for f in sorted(glob.glob(os.path.join(path, "*"))):
+  # Listed through epath (local or remote); `datasets` reads remote files through fsspec (gcsfs for gs://).
+  for f in sorted(os.fspath(p) for p in epath.Path(path).iterdir() if not p.name.startswith(".")):
     ext = os.path.splitext(f)[1].lower()
-    if ext not in BUILDERS or not os.path.isfile(f):
+    if ext not in BUILDERS or not epath.Path(f).is_file():
       continue
     words = set(re.split(r"[^a-z]+", os.path.basename(f).lower()))
     found = [s for s in SCENARIOS if s in words]
@@ -125,7 +127,7 @@ def _load_rows(config_data) -> dict[str, tuple[Any, str]]:
   """hf split -> (rows, `where` prefix)."""
   import datasets  # pylint: disable=g-import-not-at-top
   path = cfg_get(config_data, "path", "") or ""
-  if path and os.path.isdir(path):
+  if path and epath.Path(path).is_dir():
     builder, data_files = _scenario_files(path)
     dd = datasets.load_dataset(builder, data_files=data_files)
     return {s: (dd[s], os.path.basename(fs[0]) if len(fs) == 1 else f"{path} [{s}]") for s, fs in data_files.items()}

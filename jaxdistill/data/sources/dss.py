@@ -32,13 +32,14 @@ summary reporting an accuracy near 0; with on_error="skip" they are counted in `
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import logging
 import math
 import os
 import re
 from typing import Any, Mapping, Sequence
+
+from etils import epath
 
 from jaxdistill.data.examples import DataError, Example, LABEL_SETS, Rationale
 from jaxdistill.data.sources.common import (Dataset, ErrorPolicy, bad_record, cap_train, cfg_get, decode_utf8,
@@ -178,6 +179,12 @@ def example_from_record(task: str, split: str, index: int, rec: Any, where: str)
 
 # --- files -----------------------------------------------------------------------------------
 
+def _glob(directory: str, pattern: str) -> list[str]:
+  """The paths in `directory` (local or remote) whose names match `pattern`; none when it is no directory."""
+  d = epath.Path(directory)
+  return [os.fspath(p) for p in d.glob(pattern)] if d.is_dir() else []
+
+
 def task_dir(src_dir: str, task: str) -> str:
   """`src_dir` may be the release root (holding esnli/, cqa/, ...) or the task directory."""
   if task not in TASKS:
@@ -186,9 +193,9 @@ def task_dir(src_dir: str, task: str) -> str:
   if task == "anli":
     candidates += [os.path.join(src_dir, f"anli{r}") for r in (1, 2, 3)]
   for c in candidates:
-    if os.path.isdir(c):
+    if epath.Path(c).is_dir():
       return c
-  if glob.glob(os.path.join(src_dir, "*_*.json")):
+  if _glob(src_dir, "*_*.json"):
     return src_dir
   raise FileNotFoundError(f"{src_dir}: no DSS {task} data (looked for {', '.join(candidates)} "
                           f"and *_{{split}}.json files)")
@@ -197,7 +204,7 @@ def task_dir(src_dir: str, task: str) -> str:
 def split_files(tdir: str) -> dict[str, str]:
   """split -> records file, from `*_{split}.json` names (SVAMP.json and llm/ are ignored)."""
   found: dict[str, list[str]] = {}
-  for f in glob.glob(os.path.join(tdir, "*_*.json")):
+  for f in _glob(tdir, "*_*.json"):
     m = re.fullmatch(r"(.+)_([A-Za-z]+)\.json", os.path.basename(f))
     if m:
       found.setdefault(m.group(2), []).append(f)
@@ -217,7 +224,7 @@ def available_splits(src_dir: str, task: str) -> list[str]:
 def cot_files(tdir: str, split: str) -> list[str]:
   """llm/{split}_CoT_{N}.json in N order."""
   files = []
-  for f in glob.glob(os.path.join(tdir, "llm", f"{split}_CoT_*.json")):
+  for f in _glob(os.path.join(tdir, "llm"), f"{split}_CoT_*.json"):
     m = re.fullmatch(rf"{re.escape(split)}_CoT_(\d+)\.json", os.path.basename(f))
     if m:
       files.append((int(m.group(1)), f))
@@ -231,8 +238,7 @@ def read_records(path: str, policy: ErrorPolicy) -> list[tuple[str, Any]]:
   aligns with completion i.
   """
   name = os.path.basename(path)
-  with open(path, "rb") as f:
-    data = f.read()
+  data = epath.Path(path).read_bytes()
   if data.lstrip().startswith(b"["):  # a JSON list instead of JSON lines
     try:
       items = json.loads(decode_utf8(data, name))
@@ -260,8 +266,7 @@ def read_completions(files: Sequence[str]) -> list[tuple[str, Any]]:
   out = []
   for f in files:
     name = os.path.basename(f)
-    with open(f, "rb") as fh:
-      data = fh.read()
+    data = epath.Path(f).read_bytes()
     try:
       items = json.loads(decode_utf8(data, name))
     except json.JSONDecodeError as e:

@@ -14,10 +14,11 @@ when set. Text files are checked for UTF-8 first (an error names the file and li
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from typing import Any
+
+from etils import epath
 
 from jaxdistill.data.examples import DataError, Example
 from jaxdistill.data.sources.common import Dataset, ErrorPolicy, cfg_get, check_utf8_file, esnli_dataset, relabel_split
@@ -34,9 +35,10 @@ _SPLIT_WORDS = {"train": "train", "valid": "validation", "validation": "validati
 def local_data_files(path: str) -> tuple[str, dict[str, list[str]]]:
   """(builder name, {hf split: files}) for a directory of json/jsonl/parquet/csv files."""
   by_builder: dict[str, dict[str, list[str]]] = {}
-  for f in sorted(glob.glob(os.path.join(path, "*"))):
+  # Listed through epath (local or remote); `datasets` reads remote files through fsspec (gcsfs for gs://).
+  for f in sorted(os.fspath(p) for p in epath.Path(path).iterdir() if not p.name.startswith(".")):
     ext = os.path.splitext(f)[1].lower()
-    if ext not in BUILDERS or not os.path.isfile(f):
+    if ext not in BUILDERS or not epath.Path(f).is_file():
       continue
     words = re.split(r"[^a-z]+", os.path.basename(f).lower())
     splits = {_SPLIT_WORDS[w] for w in words if w in _SPLIT_WORDS}
@@ -72,7 +74,7 @@ def _load(config_data) -> tuple[Any, dict[str, str], dict[str, bool]]:
   """The DatasetDict, a `where` prefix per hf split, and whether rows are file lines."""
   import datasets  # pylint: disable=g-import-not-at-top
   path = cfg_get(config_data, "path", "") or ""
-  if path and os.path.isdir(path):
+  if path and epath.Path(path).is_dir():
     builder, data_files = local_data_files(path)
     dd = datasets.load_dataset(builder, data_files=data_files)
     where = {s: (os.path.basename(fs[0]) if len(fs) == 1 else f"{path} [{s}]")

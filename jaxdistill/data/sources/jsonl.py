@@ -26,6 +26,8 @@ import json
 import os
 from typing import Any, Mapping
 
+from etils import epath
+
 from jaxdistill.data.examples import DataError, Example, LABEL_SETS, Rationale, check_label
 from jaxdistill.data.sources.common import (Dataset, ErrorPolicy, bad_record, cached_rationales, cap_train,
                                             cfg_get, decode_utf8, group_rationales, relabel_split, require_examples,
@@ -122,7 +124,7 @@ def read_file(path: str, task: str, split: str, policy: ErrorPolicy, seen: set[s
   examples, rationales = [], []
   seen = set() if seen is None else seen
   skipped_before = collections.Counter(policy.skipped)
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     index = 0
     for lineno, line in enumerate(f, start=1):
       if not line.strip():
@@ -153,9 +155,9 @@ def split_file(path: str, split: str) -> str | None:
   """{path}/{split}.jsonl, or None when there is none; a DataError when the name is taken by a
   directory or a broken link (never read as "no such split")."""
   f = os.path.join(path, f"{split}.jsonl")
-  if not os.path.lexists(f):
+  if not (epath.Path(f).exists() or os.path.islink(f)):  # a broken link is an error, not "no such split"
     return None
-  if not os.path.isfile(f):
+  if not epath.Path(f).is_file():
     raise DataError(f"{f}: exists but is not a regular file; expected a JSON-lines file (or nothing)")
   return f
 
@@ -163,7 +165,7 @@ def split_file(path: str, split: str) -> str | None:
 def load(config_data) -> Dataset:
   path = cfg_get(config_data, "path", "")
   task = cfg_get(config_data, "task", "") or "jsonl"
-  if not path or not os.path.isdir(path):
+  if not path or not epath.Path(path).is_dir():
     raise FileNotFoundError(f"config.data.path={path!r}: expected a directory with train.jsonl "
                             f"(and optionally dev.jsonl, test.jsonl)")
   policy = ErrorPolicy(cfg_get(config_data, "on_error", "raise"))

@@ -25,6 +25,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+from etils import epath
+
 from jaxdistill.data.examples import DataError, Example
 from jaxdistill.data.sources.common import (Dataset, ErrorPolicy, bad_record, cfg_get, merge_skipped, relabel_split,
                                             split_off_dev)
@@ -69,7 +71,7 @@ def example_from_row(row: Mapping[str, Any], split: str, index: int, where: str
 def _load(config_data) -> tuple[Any, dict[str, str]]:
   import datasets  # pylint: disable=g-import-not-at-top
   path = cfg_get(config_data, "path", "") or ""
-  if path and os.path.isdir(path):
+  if path and epath.Path(path).is_dir():
     builder, data_files = local_data_files(path)
     dd = datasets.load_dataset(builder, data_files=data_files)
     return dd, {s: (os.path.basename(fs[0]) if len(fs) == 1 else f"{path} [{s}]") for s, fs in data_files.items()}
