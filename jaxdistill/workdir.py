@@ -6,7 +6,7 @@ and a digest of the data's content (examples and rationales as loaded). A rerun 
 same and refuses to start when a value differs, in one line naming the keys: resuming a demo
 run on e-SNLI, or with another vocabulary, would otherwise finish "successfully" with numbers
 that mean something else. Keys that only change how a run is carried out (log and checkpoint
-periods, eval batch size, the mesh) may change freely; `train.allow_config_change=True`
+periods, eval batch size, the mesh and sharding rules) may change freely; `train.allow_config_change=True`
 accepts any change and records it.
 """
 
@@ -30,6 +30,7 @@ DATA_DIGEST = "data.content_sha256"
 FREE_KEYS = (
     "name",
     "mesh.",  # a resharding restore continues the same run (numerics agree to float tolerance)
+    "logical_axis_rules",  # likewise: where parameters and activations live, not what they are
     "model.remat",  # recomputation changes memory, not the parameters or the math
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpointing",
     "train.export_hf", "train.allow_config_change",

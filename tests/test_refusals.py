@@ -73,10 +73,14 @@ def test_fingerprint_names_what_differs_and_ignores_what_does_not_matter(tmp_pat
   dataset = _demo()
   first = workdir_lib.fingerprint(_config(), dataset)
   assert workdir_lib.check(str(tmp_path), first, allow_change=False, write=True) == []
-  # Log period, eval batch size, checkpoint period and the mesh do not change results.
+  # Log period, eval batch size, checkpoint period, the mesh and the sharding rules do not change results.
   same = workdir_lib.fingerprint(_config(train__log_every=7, eval__batch_size=4, train__checkpoint_every=3,
                                          mesh__data=1), dataset)
   assert workdir_lib.check(str(tmp_path), same, allow_change=False, write=True) == []
+  resharded = _config()
+  resharded.logical_axis_rules = [*resharded.logical_axis_rules, ("new_axis", "tensor")]
+  assert workdir_lib.check(str(tmp_path), workdir_lib.fingerprint(resharded, dataset), allow_change=False,
+                           write=True) == []
 
   changed = workdir_lib.fingerprint(_config(model__vocab_size=300, model__preset="t5-mini"), dataset)
   with pytest.raises(config_lib.ConfigError) as err:
