@@ -78,10 +78,11 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mappin
                 ) -> list[str]:
   """"key (old -> new)" for every key whose value differs, was added or was removed. A key the old
   fingerprint lacks that is at its value in `defaults` (flattened config defaults) is no change: a
-  later version added it, and at its default it does what the run did without it."""
+  later version added it, and at its default it does what the run did without it. Nor is a key now
+  free that an older version recorded."""
   missing = object()
   out = []
-  for key in sorted(set(old) | set(new)):
+  for key in sorted(k for k in set(old) | set(new) if not _is_free(k)):
     a, b = old.get(key, missing), new.get(key, missing)
     if a is missing and defaults is not None and key in defaults and b == defaults[key]:
       continue

@@ -81,6 +81,11 @@ def test_fingerprint_names_what_differs_and_ignores_what_does_not_matter(tmp_pat
   resharded.logical_axis_rules = [*resharded.logical_axis_rules, ("new_axis", "tensor")]
   assert workdir_lib.check(str(tmp_path), workdir_lib.fingerprint(resharded, dataset), allow_change=False,
                            write=True) == []
+  # ... also against a fingerprint an older version wrote while such a key was still recorded.
+  recorded = json.load(open(tmp_path / workdir_lib.FINGERPRINT))
+  recorded["fingerprint"]["logical_axis_rules"] = [["batch", "data"]]
+  (tmp_path / workdir_lib.FINGERPRINT).write_text(json.dumps(recorded))
+  assert workdir_lib.check(str(tmp_path), same, allow_change=False, write=True) == []
 
   changed = workdir_lib.fingerprint(_config(model__vocab_size=300, model__preset="t5-mini"), dataset)
   with pytest.raises(config_lib.ConfigError) as err:
