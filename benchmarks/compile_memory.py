@@ -40,7 +40,7 @@ GiB = topologies.GiB
 def setting(preset: str, remat: str):
   config = copy.deepcopy(FLAGS.config)
   config.model.update(preset=preset, remat=remat, scan_layers=_SCAN.value)
-  config.train.batch_size = _BATCH.value
+  config.train.batch_size = config.eval.batch_size = _BATCH.value  # both split over every chip
   config.mesh.update(data=1, fsdp=-1, tensor=1)
   return config
 
