@@ -50,6 +50,8 @@ class Evaluator:
 
   def __init__(self, config, dataset, tokenizer, mesh, kind: str = "seq2seq", methods: Sequence[Any] = ()):
     self.tokenizer, self.mesh, self.kind, self.labels = tokenizer, mesh, kind, dataset.labels
+    # Forward passes and decoding keep their activations split over the batch axes, as training does.
+    self.activation_sharding = lambda: partitioning.activation_sharding(mesh, config.logical_axis_rules)
     self.adapter = kinds.of(kind)
     # Methods (methods/base.py) whose eval_metrics add a block to every evaluation.
     self.methods = tuple(methods)
@@ -98,8 +100,9 @@ class Evaluator:
     max_new_tokens = max_new_tokens or self.max_new_tokens
     predictions: list[str] = [""] * len(self.examples[split])
     for inputs, indices in self.label_batches[split]:
-      texts = self.adapter.predict_texts(model, to_global(inputs, self.mesh), max_new_tokens=max_new_tokens,
-                                         tokenizer=self.tokenizer, labels=self.labels, to_host=to_host)
+      with self.activation_sharding():
+        texts = self.adapter.predict_texts(model, to_global(inputs, self.mesh), max_new_tokens=max_new_tokens,
+                                           tokenizer=self.tokenizer, labels=self.labels, to_host=to_host)
       if self.adapter.generates and not raw:
         texts = [formats.parse_answer(t, self.format) for t in texts]
       for row, index in enumerate(indices):
@@ -122,8 +125,9 @@ class Evaluator:
               records, self.tokenizer, self.batch_size, self.max_source_len, 1)]
     texts: list[str] = [""] * len(self.examples[split])
     for inputs, indices in self._rationale_inputs[split]:
-      out = self.adapter.generate_texts(model, to_global(inputs, self.mesh), max_new_tokens=self.max_rationale_len,
-                                        tokenizer=self.tokenizer, to_host=to_host)
+      with self.activation_sharding():
+        out = self.adapter.generate_texts(model, to_global(inputs, self.mesh), max_new_tokens=self.max_rationale_len,
+                                          tokenizer=self.tokenizer, to_host=to_host)
       for row, index in enumerate(indices):
         if index >= 0:
           texts[index] = out[row].strip()
@@ -191,7 +195,8 @@ class Evaluator:
     if self.rationale_batches[split]:
       nll, count = 0.0, 0.0
       for batch, _ in self.rationale_batches[split]:
-        batch_nll, batch_count = _rationale_nll(model, to_global(batch, self.mesh))
+        with self.activation_sharding():
+          batch_nll, batch_count = _rationale_nll(model, to_global(batch, self.mesh))
         nll, count = nll + float(batch_nll), count + float(batch_count)
       metrics["rationale_perplexity"] = math.exp(nll / max(count, 1.0))
     for method in self.methods:
