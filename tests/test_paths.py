@@ -21,6 +21,7 @@ import fsspec
 import numpy as np
 import pytest
 from etils import epath
+from etils.epath import gpath
 from flax import nnx
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.utils import stringify_path
@@ -58,6 +59,9 @@ def gs(monkeypatch, tmp_path):
   afterwards for anything a gs:// path wrote locally. (The registration stays for the process, inert:
   without EPATH_USE_TF=false epath sends gs:// to TensorFlow, not fsspec.)"""
   monkeypatch.setenv("EPATH_USE_TF", "false")
+  # epath reads EPATH_USE_TF once per process (a cached check that any earlier path in this worker filled):
+  # read it again now, and again after the test, when the variable is restored.
+  gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   for name in MemoryBuckets.protocol:
     fsspec.register_implementation(name, MemoryBuckets, clobber=True)
   MemoryBuckets.store.clear()
@@ -66,6 +70,7 @@ def gs(monkeypatch, tmp_path):
   cwd.mkdir()
   monkeypatch.chdir(cwd)
   yield MemoryBuckets.store
+  gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
   assert not os.listdir(cwd), f"gs:// paths reached the local disk: {os.listdir(cwd)}"
 
 
