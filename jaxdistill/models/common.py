@@ -7,14 +7,14 @@ mesh axes with the config's rules. Flax shards a Variable at creation when
 
 Activations are pinned with `constrain` at a few places (the residual stream between layers, the
 logits): without it XLA may follow the fsdp-sharded weights and keep full-batch activations on every
-device. It acts only inside `partitioning.activation_sharding` (the train step), else it is a no-op.
+device. It acts only inside `partitioning.activation_sharding` (the train step, evaluation and its
+decoding), else it is a no-op.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
