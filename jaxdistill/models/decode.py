@@ -362,14 +362,19 @@ def _explain(graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array, segment
   positions = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch, max_len))
   ones = jnp.ones((batch, max_len), jnp.int32)
 
-  def step(t, carry):
-    tokens, done = carry
+  def step(carry):
+    t, tokens, done = carry
     # The decoder reads the whole buffer; its causal mask keeps position t blind to what follows.
-    logits, _ = model.explainer(tokens[:, :max_len], ones, positions, encoded, segment_ids)
-    token = jnp.where(done, 0, jnp.argmax(jax.lax.dynamic_index_in_dim(logits, t, 1, False), -1).astype(jnp.int32))
-    return tokens.at[:, t + 1].set(token), done | (token == eos_id)
+    # Only position t goes through the output layer: the [B, T, V] logits would cost T times more.
+    hidden = model.explainer.hidden(tokens[:, :max_len], ones, positions, encoded, segment_ids)
+    logits = model.explainer.logits(jax.lax.dynamic_slice_in_dim(hidden, t, 1, axis=1))
+    token = jnp.where(done, 0, jnp.argmax(logits[:, 0], -1).astype(jnp.int32))
+    return t + 1, tokens.at[:, t + 1].set(token), done | (token == eos_id)
 
-  tokens, _ = jax.lax.fori_loop(0, max_len, step, (tokens, jnp.zeros((batch,), bool)))
+  # Stops once every row has its EOS; the positions not reached are the zeros they would be anyway.
+  tokens = tokens.at[:, 1:].set(0)
+  _, tokens, _ = jax.lax.while_loop(lambda c: (c[0] < max_len) & ~jnp.all(c[2]), step,
+                                    (jnp.int32(0), tokens, jnp.zeros((batch,), bool)))
   return tokens[:, 1:]
 
 
@@ -377,7 +382,8 @@ def explain_greedy(model: nnx.Module, input_ids: Array, segment_ids: Array, *, m
                    eos_id: int) -> Array:
   """Greedy explanations of an encoder student (models/heads.py EncoderStudent: its explanation
   decoder over the encoder states) -> int32 [B, max_len], 0 after EOS. No KV cache: the decoder is
-  two small layers and an explanation a few dozen tokens, so each step recomputes the prefix."""
+  two small layers and an explanation a few dozen tokens, so each step recomputes the prefix's hidden
+  states, but only the newest position's logits."""
   graphdef, state = nnx.split(model)
   return _explain(graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(segment_ids, jnp.int32),
                   max_len=max_len, start_id=jnp.int32(start_id), eos_id=jnp.int32(eos_id))

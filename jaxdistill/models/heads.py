@@ -150,6 +150,12 @@ class ExplanationDecoder(nnx.Module):
   def __call__(self, input_ids: Array, segment_ids: Array, positions: Array, encoded: Array,
                encoder_segment_ids: Array, rngs: nnx.Rngs | None = None) -> tuple[Array, Array]:
     """-> (float32 logits [B, T, V], hidden [B, T, D])."""
+    hidden = self.hidden(input_ids, segment_ids, positions, encoded, encoder_segment_ids, rngs)
+    return self.logits(hidden), hidden
+
+  def hidden(self, input_ids: Array, segment_ids: Array, positions: Array, encoded: Array,
+             encoder_segment_ids: Array, rngs: nnx.Rngs | None = None) -> Array:
+    """The final-norm hidden states [B, T, D]."""
     dt = self.config.dtype
     x = jnp.take(self.embed[...], input_ids, axis=0).astype(dt)
     x = x + jnp.take(self.positions[...], jnp.minimum(positions, self.config.max_target_len - 1), axis=0).astype(dt)
@@ -158,11 +164,15 @@ class ExplanationDecoder(nnx.Module):
     encoded = encoded.astype(dt)
     x, _ = stack.run(self.blocks, lambda block, x, _, rngs: (block(x, encoded, self_mask, cross_mask, rngs), None),
                      x, remat=self.config.remat, rngs=rngs)
-    hidden = self.final_norm(x)
+    return self.final_norm(x)
+
+  def logits(self, hidden: Array) -> Array:
+    """float32 logits [B, T, V] of hidden states [B, T, D] through the tied output layer."""
+    dt = self.config.dtype
     # d**-0.5 keeps the tied output's logits at unit scale for the unit-variance embedding init.
     logits = jnp.einsum("btd,vd->btv", hidden * (self.config.hidden_size ** -0.5),
                         self.embed[...].astype(dt), preferred_element_type=jnp.float32)
-    return common.constrain_logits(logits), hidden
+    return common.constrain_logits(logits)
 
 
 class EncoderStudent(nnx.Module):
