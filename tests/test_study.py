@@ -139,6 +139,9 @@ def test_the_report_numbers_on_fixed_predictions(tmp_path):
   assert subsets["negation in hypothesis"]["negation"]["var"]["mean"] == 1.0
   md = report.markdown(rep)
   assert md.count("| var | 0.875 [0.875, 0.875] |") == 2  # dev and test rows
+  # A bootstrap p of 0 (no resample on the far side of 0) is printed as the resolution bound 2/resamples.
+  vs.update(p=0.0, p_holm=0.0)
+  assert report.markdown(rep).count(" | <0.002 (<0.002) | ") == 1
 
 
 def test_a_run_with_other_examples_is_refused(tmp_path):

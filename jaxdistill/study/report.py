@@ -224,6 +224,7 @@ def build(study, runs: Sequence[Run]) -> dict[str, Any]:
   predictions = {r.workdir: read_predictions(r) for r in runs}
   splits = [s for s in SPLITS if all(predictions[r.workdir].get(s) for r in runs)]
   report = {"study": study.name, "reference": study.reference, "seeds": [int(s) for s in study.seeds],
+            "bootstrap_resamples": int(study.get("bootstrap_resamples", stats.DEFAULT_RESAMPLES)),
             "variants": list(runs_by_variant), "splits": {s: split_report(study, runs_by_variant, predictions, s)
                                                           for s in splits}}
   run_metrics = run_metrics_report(study, runs_by_variant)
@@ -246,7 +247,13 @@ def _pct(x: Mapping[str, float | None], spec: str = ".3f") -> str:
   return f"{x['mean']:{spec}} [{x['low']:{spec}}, {x['high']:{spec}}]"
 
 
+def _bootstrap_p(p: float, resamples: int) -> str:
+  # No resample on the far side of 0 bounds p by the resolution 2/resamples, not by 0.
+  return f"<{2 / resamples:.2g}" if p == 0 else f"{p:.3g}"
+
+
 def markdown(report: Mapping[str, Any]) -> str:
+  resamples = report.get("bootstrap_resamples", stats.DEFAULT_RESAMPLES)
   lines = [f"# Study {report['study']}", "",
            f"Seeds {report['seeds']}; reference variant `{report['reference']}`. Intervals are 95%: over seeds "
            "(Student t) and over examples (bootstrap, pooled over seeds). Differences are variant - reference, "
@@ -257,7 +264,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     for variant, acc in block["accuracy"].items():
       pair = block["vs_reference"].get(variant)
       vs = "reference" if pair is None else _pct(pair["difference"]) + (" *" if pair["significant"] else "")
-      p = "" if pair is None else f"{pair['p']:.3g} ({pair['p_holm']:.3g})"
+      p = "" if pair is None else f"{_bootstrap_p(pair['p'], resamples)} ({_bootstrap_p(pair['p_holm'], resamples)})"
       mc = "" if pair is None else ", ".join(f"{t['p']:.3g} ({t['p_holm']:.3g}){' *' if t['significant'] else ''}"
                                              for t in pair["mcnemar"])
       lines.append(f"| {variant} | {_pct(acc['seeds'])} | {_pct(acc['examples'])} | {vs} | {p} | {mc} |")
