@@ -530,6 +530,8 @@ def finalize(job: Job) -> dict:
       "test_rationale_perplexity": test.get("rationale_perplexity"),
       "data": {"source": config.data.source, "task": dataset.task,
                **{f"{k}_examples": len(v) for k, v in dataset.splits.items()},
+               # what the accuracies are over (data.max_eval_examples caps dev and test)
+               "evaluated_examples": {s: len(job.evaluator.examples[s]) for s in ("dev", "test") if s in dataset.splits},
                "skipped": dict(dataset.skipped), "rationale_coverage": job.rationale_coverage},
       "model": {"student": student_name(config.model), "family": job.student.spec.family,
                 "kind": job.student.kind, "parameters": job.n_params},

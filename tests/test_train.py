@@ -156,6 +156,7 @@ def test_trains_on_real_esnli_release(tmp_path):
   assert metrics["data"]["task"] == "esnli"
   assert metrics["data"]["train_examples"] == 96
   assert metrics["data"]["dev_examples"] == 200 and metrics["data"]["test_examples"] == 9824
+  assert metrics["data"]["evaluated_examples"] == {"dev": 48, "test": 48}  # the accuracies are over these
   assert metrics["dev_rationale_perplexity"] > 1.0
   assert "test_accuracy=" in proc.stdout.strip().splitlines()[-1]
 
